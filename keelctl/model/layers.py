@@ -1,0 +1,67 @@
+"""The branches F of the sub-layers: causal self-attention with RoPE and GQA, and the FFN."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from keelctl.model.config import ModelConfig
+
+
+def rope_rotate(x: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding (rotate-half form) for positions 0..T-1; x is (B, H, T, D)."""
+    t = torch.arange(x.shape[-2], device=x.device, dtype=torch.float32)
+    angles = torch.outer(t, inv_freq.float())  # (T, D/2)
+    cos = torch.cat([angles.cos(), angles.cos()], dim=-1).to(x.dtype)
+    sin = torch.cat([angles.sin(), angles.sin()], dim=-1).to(x.dtype)
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
+        self.wq = nn.Linear(cfg.d_model, cfg.n_heads * cfg.head_dim, bias=False)
+        self.wk = nn.Linear(cfg.d_model, cfg.kv_heads * cfg.head_dim, bias=False)
+        self.wv = nn.Linear(cfg.d_model, cfg.kv_heads * cfg.head_dim, bias=False)
+        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
+        exponent = torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim
+        # Recomputed from this tiny buffer per call (cheap next to attention), so a sub-layer
+        # runs on the residual stream alone and no large cos/sin table is kept per layer.
+        self.register_buffer("inv_freq", cfg.rope_theta**-exponent, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = rope_rotate(q, self.inv_freq), rope_rotate(k, self.inv_freq)
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, enable_gqa=self.n_kv_heads != self.n_heads
+        )
+        return self.wo(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+    def branch_weights(self) -> list[nn.Linear]:
+        """The weights DeepNorm scales at init: value and output projections."""
+        return [self.wv, self.wo]
+
+
+class FeedForward(nn.Module):
+    """swiglu: w2(silu(w1 x) * w3 x); gelu: w2(gelu(w1 x)). No biases."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gated = cfg.ffn == "swiglu"
+        self.w1 = nn.Linear(cfg.d_model, cfg.hidden, bias=False)
+        self.w3 = nn.Linear(cfg.d_model, cfg.hidden, bias=False) if self.gated else None
+        self.w2 = nn.Linear(cfg.hidden, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gated:
+            return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        return self.w2(F.gelu(self.w1(x)))
+
+    def branch_weights(self) -> list[nn.Linear]:
+        return [w for w in (self.w1, self.w3, self.w2) if w is not None]

@@ -1,0 +1,90 @@
+"""The five residual schemes, side by side. Every sub-layer update is one instance of
+
+    x' = LN_out( alpha * x + F( LN_in(x) ) )
+
+where a scheme picks alpha and which of the two norms exist (a missing norm is the identity):
+
+    pre_ln    x' = x + F(LN(x))                      alpha = 1, LN_in only
+    post_ln   x' = LN(x + F(x))                      alpha = 1, LN_out only
+    deepnorm  x' = LN(a*x + F(x))                    a = (2N)^(1/4), LN_out only,
+                                                     branch weights * b = (8N)^(-1/4) at init
+    keel      x' = LN_out(alpha*x + F(LN_in(x)))     alpha = L (all sub-layers), both norms
+    mix_ln    post_ln for the first mix_ln_fraction of blocks, pre_ln after
+
+N = n_blocks, L = n_sublayers = 2N. Keel's first block (paper v2): the first attention sub-layer
+is Pre-LN and the first FFN uses alpha = 1; v1 makes the whole first block Pre-LN.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from keelctl.model.config import ModelConfig
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How one sub-layer combines its skip x and its branch F."""
+
+    alpha: float
+    norm_in: bool
+    norm_out: bool
+
+    @property
+    def equation(self) -> str:
+        skip = "x" if self.alpha == 1 else f"{self.alpha:g}*x"
+        branch = "F(LN_in(x))" if self.norm_in else "F(x)"
+        return f"LN_out({skip} + {branch})" if self.norm_out else f"{skip} + {branch}"
+
+
+PRE_LN = Rule(alpha=1.0, norm_in=True, norm_out=False)
+POST_LN = Rule(alpha=1.0, norm_in=False, norm_out=True)
+
+
+def deepnorm_alpha(n_blocks: int) -> float:
+    return (2 * n_blocks) ** 0.25
+
+
+def deepnorm_beta(n_blocks: int) -> float:
+    return (8 * n_blocks) ** -0.25
+
+
+def _keel(cfg: ModelConfig, i: int) -> Rule:
+    first_block = i < 2
+    if first_block and cfg.keel_first_block == "v1":
+        return PRE_LN
+    if first_block and cfg.keel_first_block == "v2":
+        return PRE_LN if i == 0 else Rule(alpha=1.0, norm_in=True, norm_out=True)
+    return Rule(alpha=cfg.keel_alpha, norm_in=True, norm_out=True)
+
+
+def _mix_ln(cfg: ModelConfig, i: int) -> Rule:
+    n_post_blocks = math.floor(cfg.mix_ln_fraction * cfg.n_blocks)
+    return POST_LN if i // 2 < n_post_blocks else PRE_LN
+
+
+_SCHEMES = {
+    "pre_ln": lambda cfg, i: PRE_LN,
+    "post_ln": lambda cfg, i: POST_LN,
+    "deepnorm": lambda cfg, i: Rule(deepnorm_alpha(cfg.n_blocks), norm_in=False, norm_out=True),
+    "keel": _keel,
+    "mix_ln": _mix_ln,
+}
+
+
+def sublayer_rules(cfg: ModelConfig) -> list[Rule]:
+    """One rule per sub-layer, bottom first (attention, FFN, attention, ...)."""
+    return [_SCHEMES[cfg.residual](cfg, i) for i in range(cfg.n_sublayers)]
+
+
+def branch_init_scale(cfg: ModelConfig) -> float:
+    """DeepNorm scales v, attention-out and FFN weights by b at init; other schemes keep 1."""
+    return deepnorm_beta(cfg.n_blocks) if cfg.residual == "deepnorm" else 1.0
+
+
+def uses_final_norm(cfg: ModelConfig, rules: list[Rule]) -> bool:
+    """auto: a final norm before the head unless the last sub-layer already ends in a norm."""
+    if cfg.final_norm == "auto":
+        return not rules[-1].norm_out
+    return bool(cfg.final_norm)

@@ -1,0 +1,118 @@
+"""The decoder-only LM: embedding, blocks of two sub-layers, optional final norm, head."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from keelctl.model.config import ModelConfig
+from keelctl.model.layers import Attention, FeedForward
+from keelctl.model.residual import Rule, branch_init_scale, sublayer_rules, uses_final_norm
+
+
+class Sublayer(nn.Module):
+    """One residual connection: x' = LN_out(alpha * x + F(LN_in(x))) (see residual.py)."""
+
+    def __init__(self, kind: str, branch: nn.Module, rule: Rule, cfg: ModelConfig):
+        super().__init__()
+        self.kind, self.branch, self.rule = kind, branch, rule
+        self.norm_in = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps) if rule.norm_in else nn.Identity()
+        self.norm_out = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps) if rule.norm_out else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.branch(self.norm_in(x))
+        if self.norm_out is None:
+            return x + f
+        # The skip sum and outer norm run in fp32: in bf16, alpha*x near 1024 has spacing 8
+        # and F (of size ~1) would vanish from the sum.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            s = self.rule.alpha * x.float() + f.float()
+            return self.norm_out(s).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind}, x' = {self.rule.equation}"
+
+
+class Block(nn.Module):
+    """Attention sub-layer then FFN sub-layer; the unit FSDP wraps and checkpointing recomputes."""
+
+    def __init__(self, attn: Sublayer, ffn: Sublayer):
+        super().__init__()
+        self.attn, self.ffn = attn, ffn
+
+    def forward(self, x: torch.Tensor, skip_attn: bool = False, skip_ffn: bool = False):
+        if not skip_attn:
+            x = self.attn(x)
+        if not skip_ffn:
+            x = self.ffn(x)
+        return x
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        rules = sublayer_rules(cfg)
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.blocks = nn.ModuleList(
+            Block(
+                Sublayer("attn", Attention(cfg), rules[2 * b], cfg),
+                Sublayer("ffn", FeedForward(cfg), rules[2 * b + 1], cfg),
+            )
+            for b in range(cfg.n_blocks)
+        )
+        self.norm_f = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps) if uses_final_norm(cfg, rules) else None
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.reset_parameters()
+        if cfg.tie_embeddings:
+            self.head.weight = self.tok_emb.weight
+
+    @property
+    def sublayers(self) -> list[Sublayer]:
+        """All sub-layers bottom first: attn, ffn, attn, ... (the paper's "layers")."""
+        return [s for block in self.blocks for s in (block.attn, block.ffn)]
+
+    def reset_parameters(self) -> None:
+        """N(0, init_std^2) for every linear and embedding weight, norm gains 1, DeepNorm's b."""
+        std = self.config.init_std
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+            elif isinstance(module, nn.RMSNorm):
+                nn.init.ones_(module.weight)
+        beta = branch_init_scale(self.config)
+        if beta != 1.0:
+            with torch.no_grad():
+                for sub in self.sublayers:
+                    for linear in sub.branch.branch_weights():
+                        linear.weight.mul_(beta)
+
+    def embed(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.tok_emb(idx)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Final norm (where the scheme has one) and the LM head on the residual stream."""
+        return self.head(self.norm_f(x) if self.norm_f is not None else x)
+
+    def forward(self, idx: torch.Tensor, skip: Iterable[int] | None = None) -> torch.Tensor:
+        """Logits (B, T, V). Sub-layers listed in `skip` are removed: x' = x."""
+        skip = set(skip or ())
+        bad = [i for i in skip if not 0 <= i < self.config.n_sublayers]
+        if bad:
+            raise ValueError(f"skip indices {sorted(bad)} outside 0..{self.config.n_sublayers - 1}")
+        x = self.embed(idx)
+        for b, block in enumerate(self.blocks):
+            x = block(x, skip_attn=2 * b in skip, skip_ffn=2 * b + 1 in skip)
+        return self.logits(x)
+
+
+def build_model(cfg: ModelConfig | dict) -> Transformer:
+    """Build a freshly initialised model from a ModelConfig (or its dict form)."""
+    return Transformer(cfg if isinstance(cfg, ModelConfig) else ModelConfig(**cfg))
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Unique trainable parameters (a tied head counts once)."""
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,123 @@
+"""The run directory: the contract between commands (layout in docs/runs.md).
+
+    RUN/config.yaml          resolved recipe (train)
+    RUN/model.json           {"model": ModelConfig, "tokenizer": {...}, "keelctl_version", ...}
+    RUN/model.safetensors    final weights, loadable without Lightning
+    RUN/metrics.csv          Lightning CSVLogger output
+    RUN/checkpoints/         last.ckpt, best.ckpt (Lightning)
+    RUN/grads.csv            per-sub-layer gradient norms (plot-grads callback)
+    RUN/summary.json         final numbers of the training run
+
+Every write here is atomic: a temporary file in the same folder, then os.replace.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from keelctl.data.tokenizers import Tokenizer, tokenizer_from_dict
+from keelctl.errors import KeelError
+from keelctl.model import ModelConfig, Transformer, build_model
+
+MODEL_JSON = "model.json"
+MODEL_WEIGHTS = "model.safetensors"
+CONFIG_YAML = "config.yaml"
+METRICS_CSV = "metrics.csv"
+GRADS_CSV = "grads.csv"
+SUMMARY_JSON = "summary.json"
+CHECKPOINTS = "checkpoints"
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def atomic_write_json(path: str | os.PathLike, data) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def config_hash(cfg: ModelConfig) -> str:
+    """Short stable hash of a model config (names a model shape in reports)."""
+    blob = json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def save_model(run_dir: str | os.PathLike, model: Transformer, tokenizer: Tokenizer, **extra) -> None:
+    """Write model.safetensors and model.json (config + tokenizer + extra fields)."""
+    from safetensors.torch import save_model as st_save_model
+
+    from keelctl import __version__
+
+    run_dir = Path(run_dir)
+    with atomic_path(run_dir / MODEL_WEIGHTS) as tmp:
+        st_save_model(model, str(tmp))
+    meta = {
+        "model": model.config.model_dump(mode="json"),
+        "tokenizer": tokenizer.to_dict(),
+        "config_hash": config_hash(model.config),
+        "keelctl_version": __version__,
+        **extra,
+    }
+    atomic_write_json(run_dir / MODEL_JSON, meta)
+
+
+def read_model_json(run_dir: str | os.PathLike) -> dict:
+    path = Path(run_dir) / MODEL_JSON
+    if not Path(run_dir).is_dir():
+        raise KeelError(f"run dir {run_dir} does not exist; pass a directory made by `keelctl train`")
+    if not path.is_file():
+        raise KeelError(f"{path} is missing; is {run_dir} a finished `keelctl train` run?")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise KeelError(f"{path} is not valid JSON ({e.msg}); re-export the run") from e
+
+
+def load_model(
+    run_dir: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[Transformer, Tokenizer]:
+    """Load (model, tokenizer) from a run dir, in eval mode, without Lightning."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_model as st_load_model
+
+    meta = read_model_json(run_dir)
+    try:
+        cfg = ModelConfig(**meta["model"])
+        tokenizer = tokenizer_from_dict(meta["tokenizer"])
+    except (KeyError, ValueError) as e:
+        raise KeelError(f"{Path(run_dir) / MODEL_JSON} is not a keelctl model description: {e}") from e
+    weights = Path(run_dir) / MODEL_WEIGHTS
+    if not weights.is_file():
+        raise KeelError(f"{weights} is missing; is {run_dir} a finished `keelctl train` run?")
+    model = build_model(cfg)
+    try:
+        st_load_model(model, str(weights), strict=True, device=str(device))
+    except (SafetensorError, RuntimeError, OSError) as e:
+        raise KeelError(f"cannot load {weights}: {str(e).splitlines()[0]}") from e
+    return model.to(device).eval(), tokenizer
