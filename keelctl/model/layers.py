@@ -11,8 +11,9 @@ from keelctl.model.config import ModelConfig
 
 def rope_rotate(x: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
     """Rotary position embedding (rotate-half form) for positions 0..T-1; x is (B, H, T, D)."""
-    t = torch.arange(x.shape[-2], device=x.device, dtype=torch.float32)
-    angles = torch.outer(t, inv_freq.float())  # (T, D/2)
+    wide = torch.promote_types(x.dtype, torch.float32)  # angles never in bf16
+    t = torch.arange(x.shape[-2], device=x.device, dtype=wide)
+    angles = torch.outer(t, inv_freq.to(wide))  # (T, D/2)
     cos = torch.cat([angles.cos(), angles.cos()], dim=-1).to(x.dtype)
     sin = torch.cat([angles.sin(), angles.sin()], dim=-1).to(x.dtype)
     x1, x2 = x.chunk(2, dim=-1)

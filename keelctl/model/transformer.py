@@ -27,8 +27,9 @@ class Sublayer(nn.Module):
             return x + f
         # The skip sum and outer norm run in fp32: in bf16, alpha*x near 1024 has spacing 8
         # and F (of size ~1) would vanish from the sum.
+        wide = torch.promote_types(x.dtype, torch.float32)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            s = self.rule.alpha * x.float() + f.float()
+            s = self.rule.alpha * x.to(wide) + f.to(wide)
             return self.norm_out(s).to(x.dtype)
 
     def extra_repr(self) -> str:

@@ -1,0 +1,3 @@
+from keelctl.cli import main
+
+main()
