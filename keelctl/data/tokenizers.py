@@ -66,6 +66,10 @@ class BPETokenizer:
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text).ids
 
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Many documents at once, in parallel in Rust (the token cache uses this)."""
+        return [e.ids for e in self._tok.encode_batch(texts)]
+
     def decode(self, ids: Iterable[int]) -> str:
         return self._tok.decode(list(ids))
 

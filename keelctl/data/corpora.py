@@ -1,0 +1,233 @@
+"""Corpora: turn a corpus spec into train and validation documents (lists of strings).
+
+Specs (docs/data.md):
+    builtin:python-stdlib   the running Python's standard-library *.py sources
+    PATH | DIR | GLOB       local text (jsonl: one document per line, its text field)
+    hf:NAME[:CONFIG]        a Hugging Face dataset (hub name, local data dir, or save_to_disk dir)
+
+The train/validation split is by document and deterministic: documents are ranked by a hash of
+a stable key (relative path, path#line, row index) and the lowest-ranked val_fraction go to
+validation. A corpus of one document is split inside it instead, at a line near its end.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import re
+import sysconfig
+from collections.abc import Iterable
+from dataclasses import dataclass
+from itertools import takewhile
+from pathlib import Path
+
+from keelctl.errors import KeelError
+
+BUILTINS = ("python-stdlib",)
+SPLITS = ("train", "val")
+
+# Extensions picked up when walking a directory; an explicitly named file is read whatever it is.
+TEXT_SUFFIXES = frozenset(
+    ".txt .text .md .markdown .rst .tex .py .pyi .c .h .cc .cpp .hpp .rs .go .java .js .ts .sh"
+    " .html .css .xml .json .jsonl .yaml .yml .toml .ini .cfg .csv .tsv".split()
+)
+_SCHEME = re.compile(r"^[A-Za-z][\w.+-]+:")  # "hf:", "builtin:"; not a Windows drive "C:"
+_GLOB_CHARS = frozenset("*?[")
+
+
+@dataclass
+class CorpusSplits:
+    train: list[str]
+    val: list[str]
+
+
+def load_documents(
+    spec: str,
+    split: str,
+    *,
+    val_fraction: float = 0.01,
+    text_field: str = "text",
+    hf_split: str = "train",
+    max_bytes: int | None = None,
+) -> list[str]:
+    """The documents of one split ("train" or "val") of the corpus `spec`."""
+    if split not in SPLITS:
+        raise KeelError(f"unknown split {split!r}; use 'train' or 'val'")
+    splits = load_splits(
+        spec, val_fraction=val_fraction, text_field=text_field, hf_split=hf_split,
+        max_bytes=max_bytes,
+    )
+    return splits.train if split == "train" else splits.val
+
+
+def load_splits(
+    spec: str,
+    *,
+    val_fraction: float = 0.01,
+    text_field: str = "text",
+    hf_split: str = "train",
+    max_bytes: int | None = None,
+) -> CorpusSplits:
+    """Both splits at once (one read of the corpus)."""
+    if not 0 < val_fraction < 1:
+        raise KeelError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+    if max_bytes is not None and max_bytes < 1:
+        raise KeelError(f"max_bytes must be at least 1, got {max_bytes}")
+    if not isinstance(spec, str) or not spec.strip():
+        raise KeelError("empty corpus spec; use builtin:python-stdlib, a path or glob, or hf:NAME")
+    spec = spec.strip()
+
+    if spec.startswith("hf:"):
+        from keelctl.data.hf_corpus import load_hf_splits
+
+        train, val = load_hf_splits(spec[3:], text_field=text_field, hf_split=hf_split,
+                                    max_bytes=max_bytes)
+        train = _nonempty(cap_bytes(train, max_bytes), spec)
+        if val is None:
+            splits = split_documents(train, val_fraction)
+        else:  # the dataset's own validation split, capped to its share of max_bytes
+            cap = None if max_bytes is None else max(1, int(max_bytes * val_fraction))
+            val = [t for _, t in cap_bytes(val, cap) if t.strip()]
+            splits = CorpusSplits(train=[t for _, t in train], val=val)
+    else:
+        keyed = cap_bytes(_keyed_documents(spec, text_field), max_bytes)
+        splits = split_documents(_nonempty(keyed, spec), val_fraction)
+    if not any(t.strip() for t in splits.train) or not any(t.strip() for t in splits.val):
+        raise KeelError(f"corpus {spec!r} gives an empty train or validation split; add text")
+    return splits
+
+
+def _keyed_documents(spec: str, text_field: str) -> list[tuple[str, str]]:
+    """(stable key, text) pairs for builtin and local specs, in sorted key order."""
+    if spec.startswith("builtin:"):
+        name = spec.removeprefix("builtin:")
+        if name != "python-stdlib":
+            raise KeelError(f"unknown builtin corpus {name!r}; available: {', '.join(BUILTINS)}")
+        return python_stdlib_documents()
+    root, files = _resolve_local(spec)
+    docs: list[tuple[str, str]] = []
+    for path in files:
+        key = path.relative_to(root).as_posix()
+        if path.suffix.lower() == ".jsonl":
+            docs.extend(_jsonl_documents(path, key, text_field))
+        else:
+            docs.append((key, read_text(path)))
+    return docs
+
+
+def python_stdlib_documents() -> list[tuple[str, str]]:
+    """Every *.py under the interpreter's stdlib folder, tests included, packages excluded."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = [
+        p for p in root.rglob("*.py")
+        if not {"site-packages", "dist-packages"} & set(p.relative_to(root).parts)
+    ]
+    return [(p.relative_to(root).as_posix(), read_text(p)) for p in sorted(files)]
+
+
+def _resolve_local(spec: str) -> tuple[Path, list[Path]]:
+    """(root the keys are relative to, sorted files) for a file, directory or glob."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path.parent, [path]
+    if path.is_dir():
+        return path, _walk_text_files(path)
+    if _GLOB_CHARS & set(spec):
+        matches = sorted(Path(m) for m in glob.glob(str(path), recursive=True))
+        files = sorted({f for m in matches for f in ([m] if m.is_file() else _walk_text_files(m))})
+        if not files:
+            raise KeelError(f"corpus glob {spec!r} matched no files; check the pattern")
+        # Keys relative to the pattern's fixed prefix, so moving the corpus keeps the split.
+        fixed = list(takewhile(lambda part: not _GLOB_CHARS & set(part), path.parts))
+        return Path(*fixed), files
+    if _SCHEME.match(spec):
+        raise KeelError(
+            f"unknown corpus spec {spec!r}; use builtin:python-stdlib, a path or glob, "
+            "or hf:NAME[:CONFIG]"
+        )
+    raise KeelError(f"corpus path {spec!r} does not exist; check it (or use builtin:python-stdlib)")
+
+
+def _walk_text_files(root: Path) -> list[Path]:
+    return sorted(
+        p for p in root.rglob("*")
+        if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+
+
+def read_text(path: Path) -> str:
+    # Undecodable bytes (a few stdlib tests are latin-1 on purpose) become U+FFFD, not an error.
+    return path.read_bytes().decode("utf-8", errors="replace")
+
+
+def _jsonl_documents(path: Path, key: str, text_field: str) -> list[tuple[str, str]]:
+    docs = []
+    for lineno, line in enumerate(read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise KeelError(f"{path}:{lineno} is not valid JSON ({e.msg}); fix the line") from None
+        text = record.get(text_field) if isinstance(record, dict) else None
+        if not isinstance(text, str):
+            raise KeelError(
+                f"{path}:{lineno} has no text field {text_field!r}; set data.text_field "
+                "to the key that holds the text"
+            )
+        docs.append((f"{key}#{lineno}", text))
+    return docs
+
+
+def _nonempty(docs: Iterable[tuple[str, str]], spec: str) -> list[tuple[str, str]]:
+    kept = [(k, t) for k, t in docs if t.strip()]
+    if not kept:
+        raise KeelError(f"corpus {spec!r} has no text (no documents, or all empty); check the spec")
+    return kept
+
+
+def cap_bytes(docs: Iterable[tuple[str, str]], max_bytes: int | None) -> list[tuple[str, str]]:
+    """The first documents holding at most max_bytes of UTF-8; the last one cut to fit."""
+    if max_bytes is None:
+        return list(docs)
+    kept, left = [], max_bytes
+    for key, text in docs:
+        data = text.encode("utf-8")
+        if len(data) >= left:
+            kept.append((key, data[:left].decode("utf-8", errors="ignore")))
+            break
+        kept.append((key, text))
+        left -= len(data)
+    return kept
+
+
+def split_documents(docs: list[tuple[str, str]], val_fraction: float) -> CorpusSplits:
+    """Deterministic split by document: the round(n*val_fraction) lowest key hashes (at least
+    one, never all) are validation. Order inside each split follows the input order."""
+    if len(docs) == 1:
+        return _split_inside(docs[0][1], val_fraction)
+    n_val = min(len(docs) - 1, max(1, round(len(docs) * val_fraction)))
+    ranked = sorted(range(len(docs)), key=lambda i: (_key_hash(docs[i][0]), i))
+    val_ids = set(ranked[:n_val])
+    return CorpusSplits(
+        train=[t for i, (_, t) in enumerate(docs) if i not in val_ids],
+        val=[t for i, (_, t) in enumerate(docs) if i in val_ids],
+    )
+
+
+def _key_hash(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8")).digest()
+
+
+def _split_inside(text: str, val_fraction: float) -> CorpusSplits:
+    """One document: its last val_fraction (cut at a line start when there is one) is val."""
+    if len(text) < 2:
+        raise KeelError("corpus is a single one-character document; add text")
+    cut = max(1, min(len(text) - 1, round(len(text) * (1 - val_fraction))))
+    line_start = text.rfind("\n", 0, cut) + 1
+    if line_start > 0 and cut - line_start <= len(text) - cut:  # at most doubles val
+        cut = line_start
+    return CorpusSplits(train=[text[:cut]], val=[text[cut:]])
+
