@@ -1,0 +1,190 @@
+"""The lm-evaluation-harness model `keel`: a keelctl run dir behind lm-eval's TemplateLM.
+
+    lm_eval --model keel --model_args path=runs/tiny-keel --batch_size 8 --device cpu --tasks ...
+
+Constructor args: path (run dir, required), device (cpu, cuda, cuda:N; default: CUDA if
+present), batch_size (requests per forward, default 1), max_length (context in tokens; default
+the model's max_seq_len; longer inputs lose tokens on the left), rolling_context (overlap of
+loglikelihood_rolling windows, default max_length // 2). The lm_eval command always passes its
+own --batch_size and --device, so give those as flags there and the rest in --model_args.
+Importing this module registers the name; docs/eval.md says how the stock `lm_eval` command
+gets it imported.
+"""
+
+from __future__ import annotations
+
+import lm_eval.models  # noqa: F401  (fills the registry first: lm-eval only does so while empty)
+import torch
+from lm_eval.api.model import TemplateLM
+from lm_eval.api.registry import register_model
+from lm_eval.models.utils import Collator, normalize_gen_kwargs
+from tqdm import tqdm
+
+from keelctl.errors import KeelError
+from keelctl.eval.device import resolve_device
+from keelctl.eval.perplexity import model_device, rolling_windows, score_sequences, score_windows
+
+# lm-eval's CLI passes device="cuda:0" when --device is not given; where there is no GPU that
+# means "no choice made" (the harness's own HF model falls back to the CPU the same way).
+HARNESS_DEFAULT_DEVICE = "cuda:0"
+DEFAULT_MAX_GEN_TOKS = 256
+
+
+def _positive_int(name: str, value) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if number < 1 or str(number) != str(value).strip():
+        raise KeelError(
+            f"keel model arg {name}={value!r} must be a positive integer "
+            "('auto' batch sizes are not supported)"
+        )
+    return number
+
+
+@register_model("keel")
+class KeelLM(TemplateLM):
+    """A keelctl model for lm-eval: batched scoring, rolling windows, greedy generation."""
+
+    def __init__(
+        self,
+        path: str | None = None,
+        device: str | None = None,
+        batch_size: int | str = 1,
+        max_length: int | str | None = None,
+        rolling_context: int | str | None = None,
+        max_batch_size: int | None = None,  # lm-eval passes it for 'auto' batch sizes only
+        *,
+        model=None,
+        tokenizer=None,
+    ):
+        super().__init__()
+        if model is None:
+            if not path:
+                raise KeelError("keel needs a run dir: --model_args path=RUN_DIR")
+            if device == HARNESS_DEFAULT_DEVICE and not torch.cuda.is_available():
+                device = "cpu"
+            from keelctl.runs import load_model
+
+            model, tokenizer = load_model(path, resolve_device(device))
+        elif tokenizer is None:
+            raise KeelError("KeelLM(model=...) also needs tokenizer=...")
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self._device = model_device(model)
+        self.batch_size = _positive_int("batch_size", batch_size)
+        self.max_length = _positive_int("max_length", max_length or model.config.max_seq_len)
+        self.rolling_context = (
+            max(1, self.max_length // 2)
+            if rolling_context is None
+            else _positive_int("rolling_context", rolling_context)
+        )
+
+    @classmethod
+    def from_model(cls, model, tokenizer, **kwargs) -> KeelLM:
+        """Wrap an already loaded (model, tokenizer), e.g. from keelctl.runs.load_model."""
+        return cls(model=model, tokenizer=tokenizer, **kwargs)
+
+    # -- tokenizer ------------------------------------------------------------------------
+    @property
+    def eot_token_id(self) -> int:
+        return self.tokenizer.eot_id
+
+    def tok_encode(
+        self, string: str, add_special_tokens: bool | None = None, **kwargs
+    ) -> list[int]:
+        return self.tokenizer.encode(string)
+
+    def tok_decode(self, tokens, **kwargs) -> str:
+        return self.tokenizer.decode(tokens)
+
+    def get_model_info(self) -> dict:
+        from keelctl.runs import config_hash
+
+        return {
+            "model_config_hash": config_hash(self.model.config),
+            "model_residual": self.model.config.residual,
+        }
+
+    # -- scoring --------------------------------------------------------------------------
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs):
+        """(sum of log p(continuation | context), whether every continuation token is the
+        argmax) per request; requests are sorted longest first and scored batch_size at a
+        time with right padding, one forward per batch; context is cut from the left."""
+        for _, _, cont in requests:
+            if not 0 < len(cont) <= self.max_length:
+                raise KeelError(
+                    f"a continuation of {len(cont)} tokens does not fit the "
+                    f"context of {self.max_length}; raise max_length"
+                )
+        collator = Collator(requests, sort_fn=lambda r: (-len(r[1] + r[2]), tuple(r[1] + r[2])))
+        results = []
+        bar = tqdm(total=len(requests), disable=disable_tqdm, desc="keel loglikelihood")
+        for chunk in collator.get_batched(n=self.batch_size):
+            seqs = [(ctx + cont)[-(self.max_length + 1) :] for _, ctx, cont in chunk]
+            scored = score_sequences(
+                self.model, seqs, [len(c) for _, _, c in chunk], pad_id=self.eot_token_id
+            )
+            for (key, _, _), (logp, greedy) in zip(chunk, scored, strict=True):
+                answer = (logp.double().sum().item(), bool(greedy.all()))
+                results.append(answer)
+                if key is not None:
+                    self.cache_hook.add_partial("loglikelihood", key, answer)
+            bar.update(len(chunk))
+        bar.close()
+        return collator.get_original(results)
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        """Log-likelihood of whole texts, scored in rolling windows (each token once)."""
+        results = []
+        for req in tqdm(requests, disable=disable_tqdm, desc="keel loglikelihood_rolling"):
+            (text,) = req.args
+            windows = rolling_windows(
+                self.tok_encode(text), self.eot_token_id, self.max_length, self.rolling_context
+            )
+            total = sum(
+                score_windows(
+                    self.model, windows, batch_size=self.batch_size, pad_id=self.eot_token_id
+                )
+            )
+            results.append(total)
+            self.cache_hook.add_partial("loglikelihood_rolling", (text,), total)
+        return results
+
+    # -- generation -----------------------------------------------------------------------
+    @torch.inference_mode()
+    def _greedy(self, context: list[int], max_gen_toks: int, until: list[str]) -> str:
+        tokens, generated = list(context), []
+        for _ in range(max_gen_toks):
+            window = torch.tensor([tokens[-self.max_length :]], device=self._device)
+            next_id = int(self.model(window)[0, -1].argmax())
+            if next_id == self.eot_token_id:
+                break
+            tokens.append(next_id)
+            generated.append(next_id)
+            text = self.tok_decode(generated)
+            if any(stop in text for stop in until):
+                break
+        text = self.tok_decode(generated)
+        for stop in until:
+            text = text.split(stop)[0]
+        return text
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        """Greedy decoding until a stop string, end-of-text or max_gen_toks; the context keeps
+        its last max_length tokens (cut from the left)."""
+        results = []
+        for req in tqdm(requests, disable=disable_tqdm, desc="keel generate_until"):
+            context, gen_kwargs = req.args
+            kwargs = normalize_gen_kwargs(gen_kwargs, DEFAULT_MAX_GEN_TOKS)
+            if kwargs["do_sample"]:
+                raise KeelError(
+                    "keel decodes greedily only, but the task asks for sampling; "
+                    "pass --gen_kwargs do_sample=False"
+                )
+            until = [s for s in kwargs["until"] if s]
+            context_ids = self.tok_encode(context) or [self.eot_token_id]
+            text = self._greedy(context_ids, kwargs["max_gen_toks"], until)
+            results.append(text)
+            self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
+        return results

@@ -1,0 +1,173 @@
+"""`keelctl eval`: perplexity on held-out text plus lm-eval tasks for one or more run dirs.
+
+Everything a request can get wrong (device, run dirs, task names, output path) is checked
+before any model runs. The report is lm-eval's results layout per run plus keelctl's own
+`perplexity` entry, model path, config hash and date (docs/eval.md).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+from keelctl.errors import KeelError
+from keelctl.eval.device import resolve_device
+from keelctl.eval.perplexity import corpus_perplexity
+from keelctl.runs import CONFIG_YAML, atomic_write_json, load_model, read_model_json
+
+
+def heldout_spec(run_dir: Path, data: str | None) -> tuple[str, dict]:
+    """(corpus spec, load_documents keywords): the run's data section, with SPEC swapped in."""
+    from keelctl.config import DataConfig, load_recipe
+
+    recipe_path = Path(run_dir) / CONFIG_YAML
+    if recipe_path.is_file():
+        cfg = load_recipe(recipe_path).data
+    elif data is None:
+        raise KeelError(
+            f"{recipe_path} is missing, so the run's validation split is unknown; pass --data SPEC"
+        )
+    else:
+        cfg = DataConfig()
+    kwargs = dict(
+        val_fraction=cfg.val_fraction,
+        text_field=cfg.text_field,
+        hf_split=cfg.split,
+        max_bytes=cfg.max_bytes,
+    )
+    return data or cfg.corpus, kwargs
+
+
+def check_output(path: Path | None) -> None:
+    """Fail before any work if the report could not be written to `path`."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise KeelError(f"--output {path} is a directory; give a file name such as eval.json")
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise KeelError(
+            f"--output {path}: cannot create {parent} ({e.strerror}); choose a writable location"
+        ) from None
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise KeelError(f"--output {path}: {parent} is not writable; choose a writable location")
+
+
+def write_report(path: Path, report: dict) -> None:
+    try:
+        atomic_write_json(path, report)
+    except OSError as e:
+        raise KeelError(f"cannot write {path} ({e.strerror}); choose a writable location") from None
+
+
+def evaluate_runs(
+    run_dirs: list[Path],
+    *,
+    data: str | None = None,
+    tasks: Sequence[str] = (),
+    num_fewshot: int | None = None,
+    limit: float | None = None,
+    batch_size: int = 8,
+    device: str | None = None,
+    output: Path | None = None,
+) -> dict:
+    """Evaluate each run; returns (and writes to `output`, atomically) the report."""
+    from keelctl import __version__
+    from keelctl.data import load_documents
+
+    if batch_size < 1:
+        raise KeelError(f"--batch-size must be at least 1, got {batch_size}")
+    if limit is not None and limit <= 0:
+        raise KeelError(f"--limit must be positive, got {limit}")
+    torch_device = resolve_device(device)
+    metas = [read_model_json(run) for run in run_dirs]
+    specs = [heldout_spec(run, data) for run in run_dirs]
+    if tasks:
+        from keelctl.eval.harness import resolve_tasks
+
+        resolve_tasks(list(tasks))
+    check_output(output)
+
+    limit = int(limit) if limit is not None and limit >= 1 else limit
+    documents: dict[tuple, list[str]] = {}
+    runs = []
+    for run, meta, (spec, kwargs) in zip(run_dirs, metas, specs, strict=True):
+        key = (spec, *sorted(kwargs.items()))
+        if key not in documents:
+            documents[key] = load_documents(spec, "val", **kwargs)
+        model, tokenizer = load_model(run, torch_device)
+        entry = {
+            "model_path": str(Path(run).resolve()),
+            "config_hash": meta.get("config_hash"),
+            "residual": model.config.residual,
+            "perplexity": {
+                "data": spec,
+                "split": "val",
+                **corpus_perplexity(model, tokenizer, documents[key], batch_size=batch_size),
+            },
+        }
+        if tasks:
+            from keelctl.eval.harness import run_tasks
+            from keelctl.eval.lm_eval_adapter import KeelLM
+
+            lm = KeelLM.from_model(model, tokenizer, batch_size=batch_size)
+            entry.update(run_tasks(lm, list(tasks), num_fewshot=num_fewshot, limit=limit))
+        runs.append(entry)
+
+    report = {
+        "keelctl_version": __version__,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "settings": {
+            "data": data,
+            "tasks": list(tasks),
+            "num_fewshot": num_fewshot,
+            "limit": limit,
+            "batch_size": batch_size,
+            "device": str(torch_device),
+        },
+        "runs": runs,
+    }
+    if output is not None:
+        write_report(output, report)
+    return report
+
+
+def _number(value) -> str:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if not math.isfinite(value) or abs(value) >= 1e5:
+        return f"{value:.3g}"
+    return f"{value:.4f}" if abs(value) < 10 else f"{value:.2f}"
+
+
+def summary_rows(report: dict) -> list[tuple[str, list[str]]]:
+    """(row label, one cell per run): perplexity rows, then each task metric (± stderr)."""
+    runs = report["runs"]
+    rows = [
+        ("held-out ppl", [_number(r["perplexity"]["ppl"]) for r in runs]),
+        ("held-out bits/byte", [_number(r["perplexity"]["bits_per_byte"]) for r in runs]),
+        ("held-out tokens", [_number(r["perplexity"]["tokens"]) for r in runs]),
+    ]
+    labels = []
+    for r in runs:
+        for task, metrics in r.get("results", {}).items():
+            labels += [(task, m) for m in metrics if "," in m and "_stderr," not in m]
+    for task, metric in dict.fromkeys(labels):
+        name, filt = metric.split(",", 1)
+        cells = []
+        for r in runs:
+            metrics = r.get("results", {}).get(task, {})
+            value, err = metrics.get(metric), metrics.get(f"{name}_stderr,{filt}")
+            cell = _number(value) if value is not None else "-"
+            cells.append(cell + (f" ± {_number(err)}" if isinstance(err, float) else ""))
+        label = f"{task} {name}" + ("" if filt == "none" else f" ({filt})")
+        rows.append((label, cells))
+    return rows
