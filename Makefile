@@ -26,10 +26,15 @@ lint: $(STAMP)
 	$(BIN)/ruff check keelctl tests
 	$(BIN)/ruff format --check keelctl tests
 
+# Trains tiny Keel and tiny Pre-LN (about 2 minutes each), compares them and redraws the loss
+# curves shown in docs/train.md. A rerun starts the two demo runs afresh.
+# One thread per run: tiny models are faster on one thread than on two busy cores.
 demo: $(STAMP)
 	$(BIN)/keelctl --version
-	$(BIN)/keelctl train recipes/tiny-keel.yaml --run-dir $(RUNS)/tiny-keel
-	$(BIN)/keelctl train recipes/tiny-pre-ln.yaml --run-dir $(RUNS)/tiny-pre-ln
+	rm -rf $(RUNS)/tiny-keel $(RUNS)/tiny-pre-ln
+	OMP_NUM_THREADS=1 $(BIN)/keelctl train recipes/tiny-keel.yaml --run-dir $(RUNS)/tiny-keel
+	OMP_NUM_THREADS=1 $(BIN)/keelctl train recipes/tiny-pre-ln.yaml --run-dir $(RUNS)/tiny-pre-ln
+	$(BIN)/keelctl compare-runs $(RUNS)/tiny-keel $(RUNS)/tiny-pre-ln --plot $(RUNS)/train-loss.png
 
 bench: $(STAMP)
 	$(BIN)/keelctl bench --output $(RUNS)/bench.json

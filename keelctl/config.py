@@ -21,43 +21,71 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    corpus: str = Field("builtin:python-stdlib", description="builtin:NAME, a path/glob, or hf:NAME[:CONFIG]")
-    tokenizer: Literal["byte", "bpe"] = "byte"
+    corpus: str = Field(
+        "builtin:python-stdlib",
+        description="builtin:NAME, a local file/dir/glob, or hf:NAME[:CONFIG] (docs/data.md)",
+    )
+    tokenizer: Literal["byte", "bpe"] = Field(
+        "byte", description="byte: 256 bytes + end-of-text, no training; bpe: trained on the corpus"
+    )
     vocab_size: int | None = Field(None, ge=257, description="BPE vocabulary (bpe only)")
-    text_field: str = "text"
-    split: str = "train"
-    seq_len: int = Field(256, ge=2)
+    text_field: str = Field("text", description="field holding the text (jsonl and hf: corpora)")
+    split: str = Field("train", description="hf: dataset split to read")
+    seq_len: int = Field(256, ge=2, description="tokens per training sequence (context length)")
     batch_size: int = Field(16, ge=1, description="micro-batch per device, in sequences")
     val_fraction: float = Field(0.01, gt=0, lt=1, description="share of documents held out")
-    val_tokens: int = Field(65536, ge=2, description="size of the fixed validation set")
+    val_tokens: int = Field(65536, ge=2, description="size of the fixed validation set, in tokens")
     max_bytes: int | None = Field(None, ge=1, description="cap on corpus size (bytes of text)")
-    cache_dir: str | None = Field(None, description="token cache; None = $KEELCTL_CACHE or ~/.cache/keelctl")
-    num_workers: int = Field(0, ge=0)
+    cache_dir: str | None = Field(
+        None, description="token cache; None = $KEELCTL_CACHE or ~/.cache/keelctl"
+    )
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes per device")
 
 
 class OptimConfig(_Section):
-    lr: float = Field(3e-3, gt=0)
-    min_lr: float = Field(1e-7, ge=0)
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = Field(1e-8, gt=0)
-    weight_decay: float = Field(0.01, ge=0)
-    warmup_steps: int = Field(100, ge=0)
-    grad_clip: float | None = Field(1.0, gt=0)
+    """AdamW; linear warm-up from lr/warmup_steps to lr, then cosine down to min_lr at max_steps."""
+
+    lr: float = Field(3e-3, gt=0, description="peak learning rate (after warm-up)")
+    min_lr: float = Field(1e-7, ge=0, description="learning rate at the last step")
+    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW (beta1, beta2)")
+    eps: float = Field(1e-8, gt=0, description="AdamW epsilon")
+    weight_decay: float = Field(
+        0.01, ge=0, description="decoupled weight decay on matrices; none on norms/embeddings"
+    )
+    warmup_steps: int = Field(100, ge=0, description="optimizer steps of linear warm-up")
+    grad_clip: float | None = Field(1.0, gt=0, description="max global grad L2 norm; null = off")
+
+    @model_validator(mode="after")
+    def _check_min_lr(self) -> OptimConfig:
+        if self.min_lr > self.lr:
+            raise ValueError(f"optim.min_lr {self.min_lr} exceeds optim.lr {self.lr}")
+        return self
 
 
 class TrainerConfig(_Section):
-    max_steps: int = Field(1000, ge=1)
-    precision: Literal["32", "bf16-mixed"] = "32"
-    accelerator: Literal["auto", "cpu", "gpu", "cuda"] = "auto"
-    devices: int | Literal["auto"] = 1
-    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
-    num_nodes: int = Field(1, ge=1)
-    accumulate_grad_batches: int = Field(1, ge=1)
-    val_every: int = Field(100, ge=1, description="validate every N optimizer steps")
-    log_every: int = Field(10, ge=1)
+    max_steps: int = Field(1000, ge=1, description="optimizer steps (the cosine ends here)")
+    precision: Literal["32", "bf16-mixed"] = Field(
+        "32", description="32: fp32; bf16-mixed: bf16 autocast, fp32 weights and skip sums"
+    )
+    accelerator: Literal["auto", "cpu", "gpu", "cuda"] = Field(
+        "auto", description="Lightning accelerator"
+    )
+    devices: int | Literal["auto"] = Field(1, description="devices per node (Lightning)")
+    strategy: Literal["auto", "ddp", "fsdp"] = Field(
+        "auto",
+        description="auto: one device; ddp: data parallel; fsdp: sharded, one unit per block",
+    )
+    num_nodes: int = Field(1, ge=1, description="machines (Lightning)")
+    accumulate_grad_batches: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    val_every: int = Field(
+        100, ge=1, description="validate (and write last.ckpt / best.ckpt) every N optimizer steps"
+    )
+    log_every: int = Field(10, ge=1, description="write train metrics every N optimizer steps")
     grad_flow_every: int = Field(50, ge=0, description="record per-sub-layer grad norms; 0 = off")
-    compile: bool = False
-    activation_checkpointing: bool = False
+    compile: bool = Field(False, description="torch.compile the model")
+    activation_checkpointing: bool = Field(
+        False, description="recompute each block in the backward pass (saves memory)"
+    )
 
     @field_validator("precision", mode="before")
     @classmethod
@@ -66,9 +94,11 @@ class TrainerConfig(_Section):
 
 
 class RecipeConfig(_Section):
-    name: str = "run"
-    description: str = ""
-    seed: int = 1337
+    name: str = Field(
+        "run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="names the default run dir"
+    )
+    description: str = Field("", description="one line for humans")
+    seed: int = Field(1337, ge=0, description="model init and the order of training windows")
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
@@ -77,15 +107,22 @@ class RecipeConfig(_Section):
     @model_validator(mode="after")
     def _check_cross_section(self) -> RecipeConfig:
         if self.data.seq_len > self.model.max_seq_len:
-            raise ValueError(
-                f"data.seq_len {self.data.seq_len} exceeds model.max_seq_len {self.model.max_seq_len}"
-            )
+            seq_len, max_seq_len = self.data.seq_len, self.model.max_seq_len
+            raise ValueError(f"data.seq_len {seq_len} exceeds model.max_seq_len {max_seq_len}")
         if self.data.tokenizer == "bpe" and self.data.vocab_size is None:
             raise ValueError("data.vocab_size is required with data.tokenizer: bpe")
         needed = self.data.vocab_size if self.data.tokenizer == "bpe" else 257
         if self.model.vocab_size < needed:
             raise ValueError(f"model.vocab_size {self.model.vocab_size} < tokenizer vocab {needed}")
         return self
+
+    @property
+    def sequences_per_step(self) -> int | None:
+        """Global batch in sequences: devices x num_nodes x batch_size x accumulation."""
+        if self.trainer.devices == "auto":
+            return None
+        t = self.trainer
+        return t.devices * t.num_nodes * self.data.batch_size * t.accumulate_grad_batches
 
 
 def _allowed_keys(model_cls: type[BaseModel], loc: tuple) -> list[str]:
@@ -99,7 +136,9 @@ def _allowed_keys(model_cls: type[BaseModel], loc: tuple) -> list[str]:
     return list(cls.model_fields) if issubclass(cls, BaseModel) else []
 
 
-def format_validation_error(err: ValidationError, cls: type[BaseModel] = None, source: str = "") -> str:
+def format_validation_error(
+    err: ValidationError, cls: type[BaseModel] = None, source: str = ""
+) -> str:
     """First pydantic error as one line: where, what, what is allowed."""
     e = err.errors()[0]
     key = ".".join(str(p) for p in e["loc"]) or "(top level)"
@@ -155,7 +194,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> RecipeC
         line = f" at line {where.line + 1}" if where else ""
         raise KeelError(f"recipe {path} is not valid YAML{line}; fix the syntax") from e
     if not isinstance(data, dict):
-        raise KeelError(f"recipe {path} must be a mapping with sections model, data, optim, trainer")
+        raise KeelError(
+            f"recipe {path} must be a mapping with sections model, data, optim, trainer"
+        )
     return recipe_from_dict(apply_overrides(data, overrides or []), str(path))
 
 

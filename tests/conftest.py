@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
 # Vanishing gradients fill tensors with subnormals on CPU, which slowed runs 8x here.
 torch.set_flush_denormal(True)
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Tiny models: one thread avoids OpenMP spin-waiting, which made them 20-40x slower on
+# busy 2-core machines.
+torch.set_num_threads(1)
 
 
 @pytest.fixture
@@ -50,4 +53,45 @@ def model_run_dir(tmp_path_factory, tiny_corpus):
     )
     save_model(run_dir, build_model(recipe.model), ByteTokenizer())
     atomic_write_text(run_dir / CONFIG_YAML, dump_recipe(recipe))
+    return run_dir
+
+
+TINY_KEEL_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "tiny-keel.yaml"
+
+
+@pytest.fixture(scope="session")
+def tiny_train_sets(tiny_corpus):
+    """make(cache_dir, max_steps) -> --set overrides shrinking recipes/tiny-keel.yaml to
+    d_model 32, 2 blocks, seq_len 32, batch 4 on tiny_corpus: about 50 ms a step."""
+
+    def make(cache_dir, max_steps: int = 30) -> list[str]:
+        shrink = (
+            "model.d_model=32 model.n_blocks=2 model.ffn_hidden=96 model.max_seq_len=64 "
+            "data.seq_len=32 data.batch_size=4 data.val_fraction=0.1 data.val_tokens=1024 "
+            "data.max_bytes=null optim.warmup_steps=5 trainer.val_every=10 "
+            "trainer.grad_flow_every=10"
+        ).split()
+        paths = [f"data.corpus={tiny_corpus}", f"data.cache_dir={cache_dir}"]
+        return [*shrink, *paths, f"trainer.max_steps={max_steps}"]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def trained_run_dir(tmp_path_factory, tiny_train_sets):
+    """A finished tiny Keel run (40 steps, about 2 s of training): config.yaml, metrics.csv,
+    grads.csv, checkpoints/, model.safetensors, model.json, summary.json; for command tests
+    that need a trained model. Treat it as read-only: it is shared by the whole session."""
+    from keelctl.config import load_recipe
+    from keelctl.train import train
+
+    root = tmp_path_factory.mktemp("trained")
+    overrides = ["name=tiny-keel-test", *tiny_train_sets(root / "cache", max_steps=40)]
+    run_dir = root / "tiny-keel"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny ops: 20-40x faster than two threads on shared cores
+    try:
+        train(load_recipe(TINY_KEEL_RECIPE, overrides), run_dir, progress_bar=False)
+    finally:
+        torch.set_num_threads(threads)
     return run_dir

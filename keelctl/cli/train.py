@@ -1,0 +1,111 @@
+"""`keelctl train` and `keelctl compare-runs`: parse, call keelctl.train, print with rich."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import typer
+from rich import box
+from rich.table import Table
+
+from keelctl.cli.app import command, console
+
+
+@command("train")
+def train_command(
+    recipe: Path = typer.Argument(..., help="Recipe YAML, e.g. recipes/tiny-keel.yaml."),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="Override a recipe key: --set optim.lr=3e-3 (repeat for more)."
+    ),
+    run_dir: Path | None = typer.Option(
+        None, "--run-dir", help="Output folder [runs/<recipe name>]."
+    ),
+    resume: bool = typer.Option(False, "--resume", help="Continue from RUN/checkpoints/last.ckpt."),
+    max_steps: int | None = typer.Option(
+        None, "--max-steps", help="Same as --set trainer.max_steps=N."
+    ),
+    seed: int | None = typer.Option(None, "--seed", help="Same as --set seed=S."),
+) -> None:
+    """Train a model from a YAML recipe into a run dir (docs/train.md)."""
+    from keelctl.config import load_recipe
+    from keelctl.train import train
+
+    extra = [f"trainer.max_steps={max_steps}"] if max_steps is not None else []
+    extra += [f"seed={seed}"] if seed is not None else []
+    cfg = load_recipe(recipe, [*overrides, *extra])
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # the summary says it all
+    summary = train(cfg, run_dir, resume=resume)
+    console.print(summary_table(summary))
+
+
+@command("compare-runs")
+def compare_runs_command(
+    run_dirs: list[Path] = typer.Argument(..., help="Run dirs made by `keelctl train`."),
+    plot: Path | None = typer.Option(None, "--plot", help="Write loss curves to this PNG."),
+) -> None:
+    """Compare finished training runs: losses, tokens, time; optionally plot loss curves."""
+    from keelctl.runs import METRICS_CSV
+    from keelctl.train.curves import loss_curves, read_summary
+
+    summaries = [read_summary(d) for d in run_dirs]
+    table = Table(
+        "run",
+        "scheme",
+        "sub-layers",
+        "tokens",
+        "final val",
+        "best val",
+        "time",
+        title="training runs (val = validation loss, nats/token)",
+        box=box.SIMPLE_HEAD,
+    )
+    for s in summaries:
+        table.add_row(
+            s["name"],
+            s["residual"],
+            str(s["n_sublayers"]),
+            f"{s['tokens_seen']:,}",
+            _num(s["final_val_loss"]),
+            _num(s["best_val_loss"]),
+            f"{s['wall_time_s']:.0f} s",
+        )
+    console.print(table)
+    best = min(summaries, key=lambda s: s["final_val_loss"] or float("inf"))
+    lowest = f"[bold]{best['name']}[/bold] ({_num(best['final_val_loss'])})"
+    console.print(f"lowest final validation loss: {lowest}")
+    if plot is not None:
+        figure = loss_curves(
+            {s["name"]: Path(d) / METRICS_CSV for s, d in zip(summaries, run_dirs, strict=True)}
+        )
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(plot, dpi=120, bbox_inches="tight")
+        console.print(f"loss curves: {plot}")
+
+
+def _num(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def summary_table(s: dict) -> Table:
+    table = Table(title=f"{s['name']}: {s['status']}", show_header=False)
+    rows = [
+        ("residual", s["residual"]),
+        ("depth", f"{s['n_sublayers']} sub-layers (attention+FFN) = {s['n_blocks']} blocks"),
+        ("parameters", f"{s['n_params']:,}"),
+        ("steps", f"{s['steps']} / {s['max_steps']}"),
+        ("tokens seen", f"{s['tokens_seen']:,}"),
+        (
+            "final val loss",
+            f"{_num(s['final_val_loss'])} nats/token (ppl {_num(s['final_val_ppl'])})",
+        ),
+        ("best val loss", _num(s["best_val_loss"])),
+        (
+            "wall time",
+            f"{s['wall_time_s']:.1f} s ({s['train_tokens_per_s']:,.0f} tokens/s training)",
+        ),
+        ("outputs", s["run_dir"]),
+    ]
+    for key, value in rows:
+        table.add_row(key, str(value))
+    return table

@@ -1,0 +1,125 @@
+"""Training callbacks: divergence guard, tokens/s, a last validation, the progress bar."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import lightning as L
+import torch
+from lightning.fabric.utilities.throughput import Throughput
+from lightning.pytorch.callbacks import RichProgressBar
+
+from keelctl.errors import KeelError
+
+
+class TrainingDiverged(KeelError):
+    """The loss became NaN or Inf; raised before the bad step's backward, so weights are intact."""
+
+    def __init__(self, step: int, loss: float, lr: float):
+        self.step, self.loss, self.lr = step, loss, lr
+        super().__init__(f"training diverged: loss is {loss} at step {step} (lr {lr:.3g})")
+
+
+class DivergenceGuard(L.Callback):
+    """Stops the run at the first NaN/Inf loss, marks the step in the metrics (diverged = 1)
+    and raises TrainingDiverged before backward: no NaN reaches the weights, and since
+    checkpoints are written only after validations, the last checkpoint stays a good one."""
+
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss) -> None:
+        bad = not bool(torch.isfinite(loss.detach()))
+        # Any rank's bad loss stops every rank (a lone raising rank would hang the others).
+        if not trainer.strategy.reduce_boolean_decision(bad, all=False):
+            return
+        step = trainer.global_step
+        lr = trainer.optimizers[0].param_groups[0]["lr"]
+        value = float(loss.detach()) * trainer.accumulate_grad_batches  # Lightning scaled it
+        for logger in trainer.loggers:
+            logger.log_metrics({"diverged": 1.0, "train_loss": value}, step=step)
+            logger.save()
+        raise TrainingDiverged(step, value, lr)
+
+
+class TokenThroughput(L.Callback):
+    """Logs tokens_per_s (all devices, training time only, averaged over a window of steps)
+    and tokens (tokens trained on so far, counting the steps before a resume)."""
+
+    def __init__(self, tokens_per_batch: int, window_steps: int = 20):
+        self.tokens_per_batch = tokens_per_batch  # per device and micro-batch
+        self.tokens_per_step = 0  # all devices, known once training starts
+        self.window_steps = window_steps
+        self.session_tokens = 0  # trained in this process (for the summary's average)
+        self.train_seconds = 0.0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        accumulation, world = trainer.accumulate_grad_batches, trainer.world_size
+        self.tokens_per_step = self.tokens_per_batch * accumulation * world
+        # Throughput's "samples" are tokens here, already summed over devices.
+        self._throughput = Throughput(window_size=self.window_steps)
+        self._first_step = trainer.global_step
+        self._last_step = trainer.global_step
+        self._clock = time.perf_counter()
+
+    def _elapsed(self, trainer) -> float:
+        if trainer.strategy.root_device.type == "cuda":
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        self.train_seconds += now - self._clock
+        self._clock = now
+        return self.train_seconds
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step == self._last_step:  # still accumulating micro-batches
+            return
+        self._last_step = step
+        elapsed = self._elapsed(trainer)
+        self.session_tokens = (step - self._first_step) * self.tokens_per_step
+        self._throughput.update(time=elapsed, batches=step, samples=self.session_tokens)
+        pl_module.log("tokens", float(step * self.tokens_per_step))
+        rate = self._throughput.compute().get("device/samples_per_sec")
+        if rate is not None:  # once the window is full
+            pl_module.log("tokens_per_s", rate, prog_bar=True)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "fit":
+            self._elapsed(trainer)  # bank the training time so far
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self._clock = time.perf_counter()  # validation time does not count
+
+    @property
+    def mean_tokens_per_s(self) -> float:
+        return self.session_tokens / self.train_seconds if self.train_seconds else math.nan
+
+
+class ValidateAtEnd(L.Callback):
+    """Asks for a stop at the last step: Lightning then validates once more (and the
+    checkpoints are written), whether or not max_steps is a multiple of val_every."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
+            trainer.should_stop = True
+
+
+class TrainProgressBar(RichProgressBar):
+    """Rich bar (batches, elapsed, ETA) with loss, lr and tokens/s formatted for reading."""
+
+    _SHOWN = {  # logged name -> (shown name, format)
+        "train_loss": ("loss", "{:.4f}"),
+        "lr": ("lr", "{:.2e}"),
+        "tokens_per_s": ("tok/s", "{:,.0f}"),
+        "val_loss": ("val", "{:.4f}"),
+    }
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        items = super().get_metrics(trainer, pl_module)
+        return {
+            shown: fmt.format(float(items[name]))
+            for name, (shown, fmt) in self._SHOWN.items()
+            if name in items
+        }
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        # Runs are step-based (one epoch spans the run), so "Epoch 0/-2" would only confuse.
+        return f"{'train':{len(self.validation_description)}}"
