@@ -29,7 +29,7 @@ class Sublayer(nn.Module):
         # and F (of size ~1) would vanish from the sum.
         wide = torch.promote_types(x.dtype, torch.float32)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            s = self.rule.alpha * x.to(wide) + f.to(wide)
+            s = torch.add(f, x.to(wide), alpha=self.rule.alpha)  # alpha*x + F: one pass, in `wide`
             return self.norm_out(s).to(x.dtype)
 
     def extra_repr(self) -> str:
