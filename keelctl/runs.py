@@ -27,6 +27,10 @@ from keelctl.data.tokenizers import Tokenizer, tokenizer_from_dict
 from keelctl.errors import KeelError
 from keelctl.model import ModelConfig, Transformer, build_model
 
+# The process umask can only be read by setting it; restore it at once.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 MODEL_JSON = "model.json"
 MODEL_WEIGHTS = "model.safetensors"
 CONFIG_YAML = "config.yaml"
@@ -36,21 +40,40 @@ SUMMARY_JSON = "summary.json"
 CHECKPOINTS = "checkpoints"
 
 
+_PARTIAL_SUFFIX = ".tmp"
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds.
+    The data is fsynced before the rename and the folder after it, so after a crash or kill
+    `path` holds either its old or its new content, never a part."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_PARTIAL_SUFFIX, dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results should read like any file
     try:
         yield Path(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def remove_partial_writes(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files a killed atomic write left in `folder`; returns them."""
+    stale = sorted(Path(folder).glob(f".*{_PARTIAL_SUFFIX}"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

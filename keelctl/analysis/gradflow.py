@@ -1,0 +1,358 @@
+"""Gradient flow through depth: measure fresh models, read RUN/grads.csv, and the theory.
+
+Units: sub-layers (the paper's "layers": one attention or one FFN), index 0 = bottom,
+block = index // 2. The two numbers per sub-layer are defined in keelctl/train/grad_flow.py;
+the measurement at init uses the same probe as the training callback, treating K batches as
+the K micro-batches of one step.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import default_collate
+
+from keelctl.config import RecipeConfig, load_recipe
+from keelctl.errors import KeelError
+from keelctl.model import ModelConfig, Transformer, build_model
+from keelctl.model.residual import Rule, sublayer_rules
+from keelctl.runs import CONFIG_YAML, GRADS_CSV, atomic_path, atomic_write_json
+from keelctl.train.grad_flow import GRADS_COLUMNS, StreamGradProbe, param_grad_squares
+
+
+@dataclass
+class GradCurve:
+    """Per-sub-layer gradient norms of one run (or fresh model) at one step, bottom first."""
+
+    name: str
+    config: ModelConfig
+    step: int
+    param_grad_norm: list[float]
+    stream_grad_norm: list[float]
+
+    @property
+    def scheme(self) -> str:
+        return self.config.residual
+
+    @property
+    def n_sublayers(self) -> int:
+        return self.config.n_sublayers
+
+    @property
+    def bottom_top_ratio(self) -> float:
+        """stream_grad_norm at sub-layer 0 / at sub-layer L-1."""
+        return self.stream_grad_norm[0] / self.stream_grad_norm[-1]
+
+    @property
+    def param_bottom_top_ratio(self) -> float:
+        return self.param_grad_norm[0] / self.param_grad_norm[-1]
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "scheme": self.scheme,
+            "n_sublayers": self.n_sublayers,
+            "step": self.step,
+            "param_grad_norm": self.param_grad_norm,
+            "stream_grad_norm": self.stream_grad_norm,
+            "bottom_top_ratio": self.bottom_top_ratio,
+        }
+
+
+@dataclass
+class GradHistory:
+    """Every complete step of a run's grads.csv: arrays of shape (steps, sub-layers)."""
+
+    name: str
+    config: ModelConfig
+    path: Path
+    steps: list[int]
+    param_grad_norm: np.ndarray
+    stream_grad_norm: np.ndarray
+
+    def curve(self, step: int) -> GradCurve:
+        k = self.steps.index(step)
+        return GradCurve(
+            self.name,
+            self.config,
+            step,
+            self.param_grad_norm[k].tolist(),
+            self.stream_grad_norm[k].tolist(),
+        )
+
+    def select(self, wanted: Sequence[int | str]) -> list[GradCurve]:
+        """Curves for the wanted steps ("last" = the last recorded), each once, in order."""
+        chosen: list[int] = []
+        for want in wanted:
+            step = self.steps[-1] if want == "last" else want
+            if step not in self.steps:
+                raise KeelError(
+                    f"step {step} is not recorded in {self.path}; recorded steps: "
+                    f"{_summarise(self.steps)} (use one of them or 'last')"
+                )
+            if step not in chosen:
+                chosen.append(step)
+        return [self.curve(s) for s in chosen]
+
+
+# ---- theory -------------------------------------------------------------------------------
+
+
+def skip_gain(rule: Rule) -> float:
+    """Gain of one sub-layer's skip path when |F(x)| ~ |x| and F is orthogonal to x:
+    LN_out(alpha*x + F) divides by |alpha*x + F| ~ sqrt(alpha^2 + 1)|x|, so the skip passes
+    alpha/sqrt(alpha^2 + 1) (Post-LN: 1/sqrt(2)); without an outer norm (Pre-LN) it passes 1."""
+    return rule.alpha / math.sqrt(rule.alpha**2 + 1) if rule.norm_out else 1.0
+
+
+def theory_gain(cfg: ModelConfig) -> np.ndarray:
+    """(L,) skip-path gain from the top of the stack down to the input of sub-layer l: the
+    product of skip_gain over sub-layers l..L-1. Post-LN 2^(-(L-l)/2); Keel
+    (alpha/sqrt(alpha^2+1))^(L-l) above its first block; DeepNorm the same with its a; Pre-LN 1."""
+    gains = np.array([skip_gain(rule) for rule in sublayer_rules(cfg)])
+    return np.cumprod(gains[::-1])[::-1]
+
+
+def theory_label(cfg: ModelConfig) -> str:
+    L = cfg.n_sublayers
+    formula = {
+        "pre_ln": "1",
+        "post_ln": "2^(-(L-l)/2)",
+        "keel": f"(α/√(α²+1))^(L-l), α={cfg.keel_alpha:g}",
+        "deepnorm": "(a/√(a²+1))^(L-l), a=(2N)^¼=" + f"{sublayer_rules(cfg)[0].alpha:.3g}",
+        "mix_ln": "2^(-1/2) per Post-LN sub-layer",
+    }[cfg.residual]
+    return f"theory {cfg.residual} L={L}: {formula}"
+
+
+# ---- measuring fresh models ---------------------------------------------------------------
+
+
+def lm_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over every position (the training loss)."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+
+
+def measure_grad_flow(
+    model: Transformer, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]
+) -> tuple[list[float], list[float]]:
+    """(param_grad_norm, stream_grad_norm) per sub-layer for one step whose micro-batches are
+    `batches` (each loss divided by len(batches), as under gradient accumulation). Leaves the
+    step's gradients in the parameters."""
+    probe = StreamGradProbe(model.sublayers)
+    model.zero_grad(set_to_none=True)
+    device = next(model.parameters()).device
+    probe.attach()
+    try:
+        for x, y in batches:
+            probe.start_micro_batch()
+            loss = lm_loss(model(x.to(device)), y.to(device)) / len(batches)
+            loss.backward()
+    finally:
+        probe.detach()
+    param_sq = param_grad_squares(model.sublayers)
+    return param_sq.sqrt().tolist(), probe.squared_norms(param_sq.device).sqrt().tolist()
+
+
+def recipe_batches(recipe: RecipeConfig, n_batches: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The first n_batches training batches of the recipe's data (its seed, seq_len, batch)."""
+    from keelctl.data import TrainWindows, prepare_tokens
+
+    d = recipe.data
+    data = prepare_tokens(
+        d.corpus,
+        d.tokenizer,
+        vocab_size=d.vocab_size,
+        val_fraction=d.val_fraction,
+        text_field=d.text_field,
+        hf_split=d.split,
+        max_bytes=d.max_bytes,
+        cache_dir=d.cache_dir,
+    )
+    windows = TrainWindows(data.train, d.seq_len, recipe.seed, n_batches * d.batch_size)
+    return [
+        default_collate([windows[b * d.batch_size + j] for j in range(d.batch_size)])
+        for b in range(n_batches)
+    ]
+
+
+def at_init_curves(
+    recipes: Sequence[str | Path], overrides: Sequence[str] = (), n_batches: int = 4
+) -> list[GradCurve]:
+    """Build each recipe's model fresh (seeded by its seed) and measure step 0 on its first
+    n_batches batches, without training, in fp32 on CUDA when there is one (unless the recipe
+    says trainer.accelerator: cpu). Named by recipe file stem."""
+    if n_batches < 1:
+        raise KeelError(f"--batches must be >= 1, got {n_batches}")
+    torch.set_flush_denormal(True)
+    curves = []
+    for path in recipes:
+        recipe = load_recipe(path, list(overrides))
+        gpu = torch.cuda.is_available() and recipe.trainer.accelerator != "cpu"
+        device = "cuda" if gpu else "cpu"
+        torch.manual_seed(recipe.seed)
+        model = build_model(recipe.model).to(device).train()
+        param, stream = measure_grad_flow(model, recipe_batches(recipe, n_batches))
+        name = _unique(Path(path).stem, {c.name for c in curves})
+        curves.append(GradCurve(name, recipe.model, 0, param, stream))
+    return curves
+
+
+# ---- reading runs -------------------------------------------------------------------------
+
+
+def read_grads(run_dir: str | Path) -> GradHistory:
+    """RUN/grads.csv as arrays. A step recorded twice (a resumed run re-recording it) keeps its
+    last rows; a step with missing sub-layers (a run killed mid-write) is left out."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise KeelError(f"run dir {run} does not exist; pass a directory made by `keelctl train`")
+    if not (run / CONFIG_YAML).is_file():
+        raise KeelError(f"{run / CONFIG_YAML} is missing; is {run} a `keelctl train` run dir?")
+    cfg = load_recipe(run / CONFIG_YAML).model
+    path = run / GRADS_CSV
+    if not path.is_file():
+        raise KeelError(
+            f"{path} is missing: this run recorded no gradient flow; train with "
+            "trainer.grad_flow_every > 0, or measure fresh models with --at-init RECIPE"
+        )
+    L = cfg.n_sublayers
+    text = path.read_text()
+    lines = text.splitlines()
+    if text and not text.endswith("\n"):
+        lines = lines[:-1]  # a last line cut short by a kill mid-write
+    reader = csv.reader(lines)
+    header = tuple(next(reader, ()))
+    if header != GRADS_COLUMNS:
+        raise KeelError(
+            f"{path} has columns {list(header)}, expected {list(GRADS_COLUMNS)}; "
+            "was it written by keelctl's grad-flow callback?"
+        )
+    rows: dict[int, dict[int, tuple[float, float]]] = {}
+    for line, row in enumerate(reader, start=2):
+        try:
+            step, sub = int(row[0]), int(row[1])
+            values = (float(row[4]), float(row[5]))
+        except (ValueError, IndexError):
+            raise KeelError(f"{path} line {line} is malformed: {row}; fix or delete it") from None
+        if not 0 <= sub < L:
+            raise KeelError(
+                f"{path} line {line} names sub-layer {sub}, but {run} has {L} sub-layers"
+            )
+        rows.setdefault(step, {})[sub] = values
+    steps = sorted(s for s, subs in rows.items() if len(subs) == L)
+    if not steps:
+        raise KeelError(f"{path} holds no complete step yet; wait for the first recording step")
+    table = np.array([[rows[s][i] for i in range(L)] for s in steps])  # (S, L, 2)
+    return GradHistory(run.name, cfg, path, steps, table[:, :, 0], table[:, :, 1])
+
+
+def read_runs(run_dirs: Sequence[str | Path]) -> list[GradHistory]:
+    """read_grads for each run; runs whose folder names clash are renamed NAME-2, NAME-3."""
+    histories: list[GradHistory] = []
+    for run in run_dirs:
+        history = read_grads(run)
+        history.name = _unique(history.name, {h.name for h in histories})
+        histories.append(history)
+    return histories
+
+
+def parse_steps(text: str) -> list[int | str]:
+    """'0,100,last' -> [0, 100, 'last']."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    wanted: list[int | str] = []
+    for item in items:
+        if item == "last":
+            wanted.append(item)
+        elif item.isdigit():
+            wanted.append(int(item))
+        else:
+            raise KeelError(
+                f"--steps expects comma-separated steps (integers >= 0) or 'last', "
+                f"e.g. 0,100,last; got {item!r}"
+            )
+    if not wanted:
+        raise KeelError("--steps is empty; give steps like 0,100,last")
+    return wanted
+
+
+def write_json(path: str | Path, curves: Sequence[GradCurve]) -> None:
+    """{"runs": [GradCurve.to_json(), ...]}: lists indexed by sub-layer, bottom first."""
+    try:
+        atomic_write_json(path, {"runs": [c.to_json() for c in curves]})
+    except OSError as e:
+        raise KeelError(f"cannot write {path}: {e.strerror}; choose another --json") from e
+
+
+def _summarise(steps: Sequence[int]) -> str:
+    if len(steps) <= 8:
+        return ", ".join(map(str, steps))
+    return ", ".join(map(str, steps[:4])) + ", ..., " + ", ".join(map(str, steps[-3:]))
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    k, candidate = 2, name
+    while candidate in taken:
+        candidate, k = f"{name}-{k}", k + 1
+    return candidate
+
+
+# ---- outputs ------------------------------------------------------------------------------
+
+
+def write_outputs(
+    curves: Sequence[GradCurve],
+    output: str | Path,
+    heatmap_of: GradHistory | None = None,
+    json_path: str | Path | None = None,
+) -> list[Path]:
+    """The line plot at `output` (PNG), the step x sub-layer heatmap of `heatmap_of` beside it
+    as OUTPUT-heatmap.png, and the JSON; returns the paths written."""
+    from keelctl.analysis import plots
+
+    output = Path(output)
+    if output.suffix.lower() != ".png":
+        raise KeelError(f"--output {output} must end in .png")
+    steps = {c.name: [str(d.step) for d in curves if d.name == c.name] for c in curves}
+    lines = [
+        plots.GradLine(
+            f"{c.name} ({c.scheme}), step{'s' if len(steps[c.name]) > 1 else ''} "
+            + ", ".join(steps[c.name])
+            + (" (light → dark)" if len(steps[c.name]) > 1 else ""),
+            c.name,
+            c.stream_grad_norm,
+            c.param_grad_norm,
+        )
+        for c in curves
+    ]
+    theory = {theory_label(c.config): theory_gain(c.config) for c in curves}
+    written = [_save(plots.grad_flow_figure(lines, theory), output, plots.GRAD_DPI)]
+    if heatmap_of is not None:
+        h = heatmap_of
+        fig = plots.grad_heatmap_figure(
+            f"{h.name} ({h.config.residual}, {h.config.n_sublayers} sub-layers)",
+            h.steps,
+            h.stream_grad_norm,
+            h.param_grad_norm,
+        )
+        written.append(_save(fig, output.with_name(f"{output.stem}-heatmap.png"), plots.GRAD_DPI))
+    if json_path is not None:
+        write_json(json_path, curves)
+        written.append(Path(json_path))
+    return written
+
+
+def _save(fig, path: Path, dpi: int) -> Path:
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi)
+    except OSError as e:
+        raise KeelError(f"cannot write {path}: {e.strerror}; choose another --output") from e
+    return path
