@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -48,8 +47,14 @@ def model_run_dir(tmp_path_factory, tiny_corpus):
     recipe = RecipeConfig(
         name="untrained-keel",
         model=dict(vocab_size=257, d_model=32, n_heads=4, n_kv_heads=2, n_blocks=2, max_seq_len=64),
-        data=dict(corpus=str(tiny_corpus), seq_len=64, batch_size=4, val_fraction=0.1,
-                  val_tokens=2048, cache_dir=str(run_dir.parent / "cache")),
+        data=dict(
+            corpus=str(tiny_corpus),
+            seq_len=64,
+            batch_size=4,
+            val_fraction=0.1,
+            val_tokens=2048,
+            cache_dir=str(run_dir.parent / "cache"),
+        ),
     )
     save_model(run_dir, build_model(recipe.model), ByteTokenizer())
     atomic_write_text(run_dir / CONFIG_YAML, dump_recipe(recipe))

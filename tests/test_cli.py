@@ -20,5 +20,7 @@ def test_help_lists_commands_and_version_prints():
 
 
 def test_console_script_runs():
-    out = subprocess.run([sys.executable, "-m", "keelctl", "--version"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "keelctl", "--version"], capture_output=True, text=True
+    )
     assert out.returncode == 0 and __version__ in out.stdout

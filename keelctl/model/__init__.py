@@ -1,8 +1,8 @@
 """The Keel/Pre-LN/Post-LN/DeepNorm/Mix-LN decoder-only LM.
 
-    from keelctl.model import ModelConfig, build_model
-    model = build_model(ModelConfig(residual="keel", n_blocks=8, d_model=128))
-    logits = model(idx)
+from keelctl.model import ModelConfig, build_model
+model = build_model(ModelConfig(residual="keel", n_blocks=8, d_model=128))
+logits = model(idx)
 """
 
 from keelctl.model.config import RESIDUALS, ModelConfig

@@ -40,7 +40,9 @@ class ModelConfig(BaseModel):
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model {self.d_model} must be divisible by n_heads {self.n_heads}")
         if self.n_heads % self.kv_heads:
-            raise ValueError(f"n_heads {self.n_heads} must be divisible by n_kv_heads {self.kv_heads}")
+            raise ValueError(
+                f"n_heads {self.n_heads} must be divisible by n_kv_heads {self.kv_heads}"
+            )
         if self.head_dim % 2:
             raise ValueError(f"head_dim d_model/n_heads = {self.head_dim} must be even for RoPE")
         return self

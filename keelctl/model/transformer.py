@@ -64,7 +64,9 @@ class Transformer(nn.Module):
             )
             for b in range(cfg.n_blocks)
         )
-        self.norm_f = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps) if uses_final_norm(cfg, rules) else None
+        self.norm_f = (
+            nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps) if uses_final_norm(cfg, rules) else None
+        )
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.reset_parameters()
         if cfg.tie_embeddings:

@@ -17,9 +17,11 @@ def reference_rope(x: torch.Tensor, theta: float) -> torch.Tensor:
             ang = pos * theta ** (-2 * j / D)
             a, b = x[..., pos, j], x[..., pos, j + D // 2]
             out[..., pos, j] = a * torch.cos(torch.tensor(ang, dtype=x.dtype)) - b * torch.sin(
-                torch.tensor(ang, dtype=x.dtype))
-            out[..., pos, j + D // 2] = b * torch.cos(torch.tensor(ang, dtype=x.dtype)) + a * torch.sin(
-                torch.tensor(ang, dtype=x.dtype))
+                torch.tensor(ang, dtype=x.dtype)
+            )
+            out[..., pos, j + D // 2] = b * torch.cos(
+                torch.tensor(ang, dtype=x.dtype)
+            ) + a * torch.sin(torch.tensor(ang, dtype=x.dtype))
     return out
 
 

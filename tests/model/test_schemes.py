@@ -20,8 +20,13 @@ def rms_norm(v: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
 def make(residual: str, n_blocks: int = 4, **kw):
     torch.manual_seed(0)
     cfg = ModelConfig(
-        residual=residual, d_model=16, n_heads=2, n_blocks=n_blocks, vocab_size=50,
-        max_seq_len=32, **kw,
+        residual=residual,
+        d_model=16,
+        n_heads=2,
+        n_blocks=n_blocks,
+        vocab_size=50,
+        max_seq_len=32,
+        **kw,
     )
     model = build_model(cfg).double()
     with torch.no_grad():  # random gains, so a missing or misplaced norm shows
@@ -72,7 +77,9 @@ def test_mix_ln_is_post_ln_for_first_quarter_of_blocks_then_pre_ln():
     x = torch.randn(1, 5, 16, dtype=torch.float64)
     for i, sub in enumerate(model.sublayers):
         scheme = "post_ln" if i // 2 < 2 else "pre_ln"  # floor(0.25 * 8) = 2 blocks
-        torch.testing.assert_close(sub(x), expected_update(scheme, sub, x, i, 8), rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(
+            sub(x), expected_update(scheme, sub, x, i, 8), rtol=1e-10, atol=1e-10
+        )
 
 
 def test_keel_alpha_defaults_to_number_of_sublayers_and_can_be_overridden():
@@ -90,29 +97,35 @@ def test_alpha_must_be_positive(bad):
         ModelConfig(alpha=bad)
 
 
-def test_keel_first_block_rules():
+# (alpha, has LN_out) of sub-layers 0, 1, 2 per first-block variant, L = 8; None = plain Pre-LN.
+FIRST_BLOCK = {"v1": [None, None, 8.0], "v2": [None, 1.0, 8.0], "none": [8.0, 8.0, 8.0]}
+
+
+@pytest.mark.parametrize("variant", FIRST_BLOCK)
+def test_keel_first_block_rules(variant):
     x = torch.randn(1, 4, 16, dtype=torch.float64)
-    L = 8
-    for variant in ("v1", "v2", "none"):
-        model = make("keel", n_blocks=4, keel_first_block=variant)
-        for i in (0, 1, 2):
-            sub = model.sublayers[i]
-            F, (g_in, g_out) = sub.branch, gains(sub)
-            pre_ln = lambda: x + F(rms_norm(x, g_in))  # noqa: E731
-            keel = lambda a: rms_norm(a * x + F(rms_norm(x, g_in)), g_out)  # noqa: E731
-            want = {
-                "v1": [pre_ln, pre_ln, lambda: keel(L)],
-                "v2": [pre_ln, lambda: keel(1.0), lambda: keel(L)],
-                "none": [lambda: keel(L)] * 3,
-            }[variant][i]()
-            torch.testing.assert_close(sub(x), want, rtol=1e-10, atol=1e-10, msg=f"{variant} {i}")
+    model = make("keel", n_blocks=4, keel_first_block=variant)
+    for i, alpha in enumerate(FIRST_BLOCK[variant]):
+        sub = model.sublayers[i]
+        F, (g_in, g_out) = sub.branch, gains(sub)
+        if alpha is None:
+            want = x + F(rms_norm(x, g_in))
+        else:
+            want = rms_norm(alpha * x + F(rms_norm(x, g_in)), g_out)
+        torch.testing.assert_close(sub(x), want, rtol=1e-10, atol=1e-10, msg=f"sub-layer {i}")
 
 
 @pytest.mark.parametrize(
     "residual,final_norm,expected",
-    [("pre_ln", "auto", True), ("mix_ln", "auto", True), ("post_ln", "auto", False),
-     ("deepnorm", "auto", False), ("keel", "auto", False), ("keel", True, True),
-     ("pre_ln", False, False)],
+    [
+        ("pre_ln", "auto", True),
+        ("mix_ln", "auto", True),
+        ("post_ln", "auto", False),
+        ("deepnorm", "auto", False),
+        ("keel", "auto", False),
+        ("keel", True, True),
+        ("pre_ln", False, False),
+    ],
 )
 def test_final_norm_choice(residual, final_norm, expected):
     model = make(residual, final_norm=final_norm)
@@ -123,7 +136,7 @@ def test_deepnorm_scales_branch_weights_by_beta_at_init():
     # post_ln and deepnorm have the same modules, so the same seed draws the same weights.
     post, deep = make("post_ln", n_blocks=4), make("deepnorm", n_blocks=4)
     beta = (8 * 4) ** -0.25
-    for sp, sd in zip(post.sublayers, deep.sublayers):
+    for sp, sd in zip(post.sublayers, deep.sublayers, strict=True):
         for name, w in sp.branch.named_parameters():
             scale = 1.0 if name.startswith(("wq", "wk")) else beta
             torch.testing.assert_close(dict(sd.branch.named_parameters())[name], scale * w)

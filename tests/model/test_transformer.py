@@ -9,8 +9,15 @@ from keelctl.model import RESIDUALS, ModelConfig, build_model, count_parameters
 
 
 def tiny(residual="keel", **kw) -> ModelConfig:
-    base = dict(residual=residual, vocab_size=61, d_model=32, n_heads=4, n_kv_heads=2, n_blocks=3,
-                max_seq_len=32)
+    base = dict(
+        residual=residual,
+        vocab_size=61,
+        d_model=32,
+        n_heads=4,
+        n_kv_heads=2,
+        n_blocks=3,
+        max_seq_len=32,
+    )
     return ModelConfig(**{**base, **kw})
 
 
@@ -35,8 +42,13 @@ def test_causality_changing_token_t_changes_no_earlier_logit(residual):
 
 @pytest.mark.parametrize(
     "residual,ffn,tie",
-    [("keel", "swiglu", False), ("pre_ln", "gelu", True), ("post_ln", "swiglu", True),
-     ("deepnorm", "gelu", False), ("mix_ln", "swiglu", False)],
+    [
+        ("keel", "swiglu", False),
+        ("pre_ln", "gelu", True),
+        ("post_ln", "swiglu", True),
+        ("deepnorm", "gelu", False),
+        ("mix_ln", "swiglu", False),
+    ],
 )
 def test_parameter_count_matches_closed_form(residual, ffn, tie):
     V, d, H, KV, N, h = 61, 32, 4, 2, 3, 40
@@ -75,8 +87,15 @@ def test_skip_index_out_of_range_is_an_error():
 
 def test_keel_1024_sublayers_gives_finite_nonzero_gradient_at_every_sublayer():
     torch.manual_seed(0)
-    cfg = ModelConfig(residual="keel", vocab_size=64, d_model=32, n_heads=2, n_blocks=512,
-                      ffn_hidden=32, max_seq_len=16)
+    cfg = ModelConfig(
+        residual="keel",
+        vocab_size=64,
+        d_model=32,
+        n_heads=2,
+        n_blocks=512,
+        ffn_hidden=32,
+        max_seq_len=16,
+    )
     assert cfg.n_sublayers == 1024 and cfg.keel_alpha == 1024
     model = build_model(cfg)
     idx = torch.randint(0, 64, (1, 8))
