@@ -1,0 +1,1 @@
+"""Analyses of trained runs: layer ablation (ablation.py), shared plotting helpers (plots.py)."""
