@@ -6,7 +6,9 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/pip install -q -c constraints.txt
 STAMP := $(VENV)/.installed
 RUNS ?= runs
-export OMP_NUM_THREADS ?= 2
+# One intra-op thread: the demo models are tiny, and on a busy 2-core machine two OpenMP
+# threads made them 20-40x slower (spin-waiting). Override: make demo OMP_NUM_THREADS=2.
+export OMP_NUM_THREADS ?= 1
 
 .PHONY: install test demo lint bench clean
 
@@ -32,9 +34,13 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/keelctl --version
 	rm -rf $(RUNS)/tiny-keel $(RUNS)/tiny-pre-ln
-	OMP_NUM_THREADS=1 $(BIN)/keelctl train recipes/tiny-keel.yaml --run-dir $(RUNS)/tiny-keel
-	OMP_NUM_THREADS=1 $(BIN)/keelctl train recipes/tiny-pre-ln.yaml --run-dir $(RUNS)/tiny-pre-ln
+	$(BIN)/keelctl train recipes/tiny-keel.yaml --run-dir $(RUNS)/tiny-keel
+	$(BIN)/keelctl train recipes/tiny-pre-ln.yaml --run-dir $(RUNS)/tiny-pre-ln
 	$(BIN)/keelctl compare-runs $(RUNS)/tiny-keel $(RUNS)/tiny-pre-ln --plot $(RUNS)/train-loss.png
+	$(BIN)/keelctl eval $(RUNS)/tiny-keel $(RUNS)/tiny-pre-ln --tasks keel_offline --limit 100 --output $(RUNS)/eval.json
+	$(BIN)/keelctl ablate-layers $(RUNS)/tiny-keel $(RUNS)/tiny-pre-ln --tokens 32768 --device cpu --output-dir $(RUNS)/ablation-tiny
+	$(BIN)/keelctl plot-grads $(RUNS)/tiny-keel $(RUNS)/tiny-pre-ln --output $(RUNS)/grads.png
+	@echo "demo outputs: $(RUNS)/ (train-loss.png, eval.json, ablation-tiny/, grads.png)"
 
 bench: $(STAMP)
 	$(BIN)/keelctl bench --output $(RUNS)/bench.json
