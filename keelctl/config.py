@@ -62,6 +62,20 @@ class OptimConfig(_Section):
         return self
 
 
+class SpikeRollbackConfig(_Section):
+    """On a loss spike, go back to checkpoints/last.ckpt and continue with a lower LR."""
+
+    enabled: bool = Field(False, description="roll back on loss spikes (and on NaN/Inf losses)")
+    factor: float = Field(
+        2.0, gt=1, description="a spike: loss > factor x mean of the previous `window` losses"
+    )
+    window: int = Field(50, ge=1, description="micro-batch losses in the running mean")
+    lr_scale: float = Field(
+        0.5, gt=0, lt=1, description="each rollback multiplies the learning rate by this"
+    )
+    max_rollbacks: int = Field(3, ge=1, description="after this many, a spike stops the run")
+
+
 class TrainerConfig(_Section):
     max_steps: int = Field(1000, ge=1, description="optimizer steps (the cosine ends here)")
     precision: Literal["32", "bf16-mixed"] = Field(
@@ -70,7 +84,9 @@ class TrainerConfig(_Section):
     accelerator: Literal["auto", "cpu", "gpu", "cuda"] = Field(
         "auto", description="Lightning accelerator"
     )
-    devices: int | Literal["auto"] = Field(1, description="devices per node (Lightning)")
+    devices: int | Literal["auto"] = Field(
+        1, description="devices per node (Lightning); on CPU, processes"
+    )
     strategy: Literal["auto", "ddp", "fsdp"] = Field(
         "auto",
         description="auto: one device; ddp: data parallel; fsdp: sharded, one unit per block",
@@ -86,11 +102,19 @@ class TrainerConfig(_Section):
     activation_checkpointing: bool = Field(
         False, description="recompute each block in the backward pass (saves memory)"
     )
+    spike_rollback: SpikeRollbackConfig = Field(default_factory=SpikeRollbackConfig)
 
     @field_validator("precision", mode="before")
     @classmethod
     def _precision_as_str(cls, v: Any) -> Any:
         return str(v) if isinstance(v, int) else v
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _device_count(cls, v: Any) -> Any:
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            return v
+        raise ValueError("must be a count >= 1 or 'auto'")
 
 
 class RecipeConfig(_Section):
@@ -114,6 +138,13 @@ class RecipeConfig(_Section):
         needed = self.data.vocab_size if self.data.tokenizer == "bpe" else 257
         if self.model.vocab_size < needed:
             raise ValueError(f"model.vocab_size {self.model.vocab_size} < tokenizer vocab {needed}")
+        t = self.trainer
+        if t.strategy == "fsdp" and t.accelerator not in ("gpu", "cuda"):
+            raise ValueError(
+                f"trainer.strategy fsdp needs trainer.accelerator gpu (Lightning runs FSDP on "
+                f"CUDA only), got {t.accelerator}; set trainer.accelerator=gpu, or use "
+                "trainer.strategy=ddp"
+            )
         return self
 
     @property
@@ -147,14 +178,17 @@ def format_validation_error(
         allowed = ", ".join(_allowed_keys(cls, e["loc"]))
         return f"{prefix}unknown key '{key}'; allowed here: {allowed}"
     msg = e["msg"].removeprefix("Value error, ")
-    if e["loc"]:
-        return f"{prefix}bad value for '{key}': {msg} (got {e.get('input')!r})"
-    return f"{prefix}{msg}"
+    if not e["loc"]:
+        return f"{prefix}{msg}"
+    got = e.get("input")
+    if isinstance(got, dict) and e["type"] == "value_error":  # a section check: msg has values
+        return f"{prefix}bad '{key}' section: {msg}"
+    return f"{prefix}bad value for '{key}': {msg} (got {got!r})"
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item or not item.split("=", 1)[0].strip():
-        raise KeelError(f"--set expects key.path=value, got {item!r}")
+        raise KeelError(f"--set expects key.path=value (e.g. optim.lr=3e-3), got {item!r}")
     key, raw = item.split("=", 1)
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
@@ -195,9 +229,15 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> RecipeC
         raise KeelError(f"recipe {path} is not valid YAML{line}; fix the syntax") from e
     if not isinstance(data, dict):
         raise KeelError(
-            f"recipe {path} must be a mapping with sections model, data, optim, trainer"
+            f"recipe {path} must be a mapping with sections model, data, optim, trainer; "
+            "start from one in recipes/"
         )
-    return recipe_from_dict(apply_overrides(data, overrides or []), str(path))
+    try:
+        return recipe_from_dict(apply_overrides(data, overrides or []), str(path))
+    except KeelError as e:
+        raise KeelError(
+            f"{e}; fix the recipe or its --set (docs/train.md lists every key)"
+        ) from None
 
 
 def dump_recipe(cfg: RecipeConfig) -> str:

@@ -22,7 +22,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 
+from keelctl.config import format_validation_error
 from keelctl.data.tokenizers import Tokenizer, tokenizer_from_dict
 from keelctl.errors import KeelError
 from keelctl.model import ModelConfig, Transformer, build_model
@@ -43,14 +45,25 @@ CHECKPOINTS = "checkpoints"
 _PARTIAL_SUFFIX = ".tmp"
 
 
+class UnwritablePath(KeelError, OSError):
+    """An output's folder cannot be made or written to. A KeelError (the CLI shows one line),
+    and an OSError (with errno and strerror) for callers that word their own message."""
+
+    def __str__(self) -> str:
+        return f"cannot write {self.filename} ({self.strerror}); choose another location"
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds.
     The data is fsynced before the rename and the folder after it, so after a crash or kill
     `path` holds either its old or its new content, never a part."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_PARTIAL_SUFFIX, dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_PARTIAL_SUFFIX, dir=path.parent)
+    except OSError as e:
+        raise UnwritablePath(e.errno, e.strerror, str(path)) from None
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results should read like any file
     try:
@@ -91,7 +104,9 @@ def config_hash(cfg: ModelConfig) -> str:
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
-def save_model(run_dir: str | os.PathLike, model: Transformer, tokenizer: Tokenizer, **extra) -> None:
+def save_model(
+    run_dir: str | os.PathLike, model: Transformer, tokenizer: Tokenizer, **extra
+) -> None:
     """Write model.safetensors and model.json (config + tokenizer + extra fields)."""
     from safetensors.torch import save_model as st_save_model
 
@@ -113,13 +128,18 @@ def save_model(run_dir: str | os.PathLike, model: Transformer, tokenizer: Tokeni
 def read_model_json(run_dir: str | os.PathLike) -> dict:
     path = Path(run_dir) / MODEL_JSON
     if not Path(run_dir).is_dir():
-        raise KeelError(f"run dir {run_dir} does not exist; pass a directory made by `keelctl train`")
+        raise KeelError(
+            f"run dir {run_dir} does not exist; pass a directory made by `keelctl train`"
+        )
     if not path.is_file():
         raise KeelError(f"{path} is missing; is {run_dir} a finished `keelctl train` run?")
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise KeelError(f"{path} is not valid JSON ({e.msg}); re-export the run") from e
+
+
+_MODEL_JSON_HINT = "it was edited or comes from another tool: restore it, or train the run again"
 
 
 def load_model(
@@ -133,8 +153,14 @@ def load_model(
     try:
         cfg = ModelConfig(**meta["model"])
         tokenizer = tokenizer_from_dict(meta["tokenizer"])
+    except ValidationError as e:
+        what = format_validation_error(e, ModelConfig, "model")
+        raise KeelError(f"{Path(run_dir) / MODEL_JSON}: {what}; {_MODEL_JSON_HINT}") from None
     except (KeyError, ValueError) as e:
-        raise KeelError(f"{Path(run_dir) / MODEL_JSON} is not a keelctl model description: {e}") from e
+        raise KeelError(
+            f"{Path(run_dir) / MODEL_JSON} is not a keelctl model description (no or bad {e}); "
+            f"{_MODEL_JSON_HINT}"
+        ) from None
     weights = Path(run_dir) / MODEL_WEIGHTS
     if not weights.is_file():
         raise KeelError(f"{weights} is missing; is {run_dir} a finished `keelctl train` run?")
@@ -142,5 +168,8 @@ def load_model(
     try:
         st_load_model(model, str(weights), strict=True, device=str(device))
     except (SafetensorError, RuntimeError, OSError) as e:
-        raise KeelError(f"cannot load {weights}: {str(e).splitlines()[0]}") from e
+        raise KeelError(
+            f"cannot load {weights} ({str(e).splitlines()[0]}); the file is damaged or does not "
+            f"match {MODEL_JSON}: restore both from the same run, or train it again"
+        ) from e
     return model.to(device).eval(), tokenizer

@@ -28,6 +28,8 @@ def train_command(
     seed: int | None = typer.Option(None, "--seed", help="Same as --set seed=S."),
 ) -> None:
     """Train a model from a YAML recipe into a run dir (docs/train.md)."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
     from keelctl.config import load_recipe
     from keelctl.train import train
 
@@ -36,7 +38,8 @@ def train_command(
     cfg = load_recipe(recipe, [*overrides, *extra])
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # the summary says it all
     summary = train(cfg, run_dir, resume=resume)
-    console.print(summary_table(summary))
+    if rank_zero_only.rank == 0:  # under ddp/fsdp every process gets here
+        console.print(summary_table(summary))
 
 
 @command("compare-runs")
@@ -45,7 +48,7 @@ def compare_runs_command(
     plot: Path | None = typer.Option(None, "--plot", help="Write loss curves to this PNG."),
 ) -> None:
     """Compare finished training runs: losses, tokens, time; optionally plot loss curves."""
-    from keelctl.runs import METRICS_CSV
+    from keelctl.runs import METRICS_CSV, atomic_path
     from keelctl.train.curves import loss_curves, read_summary
 
     summaries = [read_summary(d) for d in run_dirs]
@@ -78,8 +81,8 @@ def compare_runs_command(
         figure = loss_curves(
             {s["name"]: Path(d) / METRICS_CSV for s, d in zip(summaries, run_dirs, strict=True)}
         )
-        plot.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(plot, dpi=120, bbox_inches="tight")
+        with atomic_path(plot) as tmp:
+            figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
         console.print(f"loss curves: {plot}")
 
 
@@ -100,6 +103,7 @@ def summary_table(s: dict) -> Table:
             f"{_num(s['final_val_loss'])} nats/token (ppl {_num(s['final_val_ppl'])})",
         ),
         ("best val loss", _num(s["best_val_loss"])),
+        ("rollbacks", ", ".join(f"step {r['step']}" for r in s["rollbacks"]) or "none"),
         (
             "wall time",
             f"{s['wall_time_s']:.1f} s ({s['train_tokens_per_s']:,.0f} tokens/s training)",

@@ -1,4 +1,4 @@
-"""Training callbacks: divergence guard, tokens/s, a last validation, the progress bar."""
+"""Training callbacks: tokens/s, a last validation, the progress bar (loss guard: guards.py)."""
 
 from __future__ import annotations
 
@@ -9,35 +9,6 @@ import lightning as L
 import torch
 from lightning.fabric.utilities.throughput import Throughput
 from lightning.pytorch.callbacks import RichProgressBar
-
-from keelctl.errors import KeelError
-
-
-class TrainingDiverged(KeelError):
-    """The loss became NaN or Inf; raised before the bad step's backward, so weights are intact."""
-
-    def __init__(self, step: int, loss: float, lr: float):
-        self.step, self.loss, self.lr = step, loss, lr
-        super().__init__(f"training diverged: loss is {loss} at step {step} (lr {lr:.3g})")
-
-
-class DivergenceGuard(L.Callback):
-    """Stops the run at the first NaN/Inf loss, marks the step in the metrics (diverged = 1)
-    and raises TrainingDiverged before backward: no NaN reaches the weights, and since
-    checkpoints are written only after validations, the last checkpoint stays a good one."""
-
-    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss) -> None:
-        bad = not bool(torch.isfinite(loss.detach()))
-        # Any rank's bad loss stops every rank (a lone raising rank would hang the others).
-        if not trainer.strategy.reduce_boolean_decision(bad, all=False):
-            return
-        step = trainer.global_step
-        lr = trainer.optimizers[0].param_groups[0]["lr"]
-        value = float(loss.detach()) * trainer.accumulate_grad_batches  # Lightning scaled it
-        for logger in trainer.loggers:
-            logger.log_metrics({"diverged": 1.0, "train_loss": value}, step=step)
-            logger.save()
-        raise TrainingDiverged(step, value, lr)
 
 
 class TokenThroughput(L.Callback):
@@ -54,10 +25,11 @@ class TokenThroughput(L.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         accumulation, world = trainer.accumulate_grad_batches, trainer.world_size
         self.tokens_per_step = self.tokens_per_batch * accumulation * world
-        # Throughput's "samples" are tokens here, already summed over devices.
+        # Throughput's "samples" are tokens here, already summed over devices (world_size 1:
+        # nothing is multiplied again). The window restarts after a resume or a rollback.
         self._throughput = Throughput(window_size=self.window_steps)
-        self._first_step = trainer.global_step
         self._last_step = trainer.global_step
+        self._window_tokens = 0
         self._clock = time.perf_counter()
 
     def _elapsed(self, trainer) -> float:
@@ -72,10 +44,11 @@ class TokenThroughput(L.Callback):
         step = trainer.global_step
         if step == self._last_step:  # still accumulating micro-batches
             return
+        self.session_tokens += (step - self._last_step) * self.tokens_per_step
+        self._window_tokens += (step - self._last_step) * self.tokens_per_step
         self._last_step = step
         elapsed = self._elapsed(trainer)
-        self.session_tokens = (step - self._first_step) * self.tokens_per_step
-        self._throughput.update(time=elapsed, batches=step, samples=self.session_tokens)
+        self._throughput.update(time=elapsed, batches=step, samples=self._window_tokens)
         pl_module.log("tokens", float(step * self.tokens_per_step))
         rate = self._throughput.compute().get("device/samples_per_sec")
         if rate is not None:  # once the window is full

@@ -31,7 +31,13 @@ def read_summary(run_dir: str | Path) -> dict:
     path = Path(run_dir) / SUMMARY_JSON
     if not path.is_file():
         raise KeelError(f"{path} is missing; is {run_dir} a `keelctl train` run that ended?")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise KeelError(
+            f"{path} is not valid JSON ({e}); `keelctl train` writes it whole, so it was changed "
+            "afterwards: restore it, or leave this run out"
+        ) from None
 
 
 def _smooth(values: list[float], window: int) -> list[float]:

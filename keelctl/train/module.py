@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.fsdp import FullyShardedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics.aggregation import MeanMetric
 
@@ -51,11 +52,13 @@ class _LRFactor:
 
 def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """AdamW parameter groups: decay on Linear weights; none on norm gains, biases and
-    embeddings (a tied head shares the embedding's weight, so it is not decayed either)."""
+    embeddings (a tied head shares the embedding's weight, so it is not decayed either).
+    Chosen by module type, not by p.ndim: under FSDP every parameter is a flat 1-D shard."""
     no_decay = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    linear = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)} - no_decay
     decay, rest = [], []
     for p in model.parameters():
-        (decay if p.ndim >= 2 and id(p) not in no_decay else rest).append(p)
+        (decay if id(p) in linear else rest).append(p)
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": rest, "weight_decay": 0.0},
@@ -105,9 +108,10 @@ class LanguageModel(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss = self.loss(*batch)
-        # With accumulation, train_loss is the last micro-batch's loss of the step.
-        self.log("train_loss", loss, prog_bar=True)
-        self.log("lr", self.lr_schedulers().get_last_lr()[0], prog_bar=True)
+        # train_loss: the mean over ranks of the step's last micro-batch loss (with one micro-batch,
+        # the loss of the whole global batch); lr: the one this step's update uses.
+        self.log("train_loss", loss, prog_bar=True, sync_dist=True)
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True)
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -117,8 +121,23 @@ class LanguageModel(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         loss = self.val_loss.compute()  # token-weighted mean, synced across ranks
         self.val_loss.reset()
-        self.log("val_loss", loss, prog_bar=True)
-        self.log("val_ppl", torch.exp(loss))
+        # Already equal on every rank; sync_dist only tells Lightning so.
+        self.log("val_loss", loss, prog_bar=True, sync_dist=True)
+        self.log("val_ppl", torch.exp(loss), sync_dist=True)
+
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
+        """Clip by global norm. Lightning's FSDP precision plugin refuses norm clipping (a
+        per-shard norm would be wrong); the root FSDP module's clip_grad_norm_ computes the norm
+        over all shards, as torch's FSDP docs ask."""
+        if gradient_clip_val is None:
+            return
+        root = self.trainer.strategy.model
+        if isinstance(root, FullyShardedDataParallel):
+            root.clip_grad_norm_(gradient_clip_val)
+        else:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self):
         o, t = self.recipe.optim, self.recipe.trainer

@@ -7,6 +7,8 @@ metrics.csv and checkpoints/.
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import re
 import time
@@ -17,13 +19,14 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from keelctl.config import RecipeConfig, dump_recipe
 from keelctl.data import PreparedData, prepare_tokens
 from keelctl.errors import KeelError
-from keelctl.model import Block, count_parameters
+from keelctl.model import count_parameters
 from keelctl.runs import (
     CHECKPOINTS,
     CONFIG_YAML,
@@ -31,19 +34,25 @@ from keelctl.runs import (
     SUMMARY_JSON,
     atomic_write_json,
     atomic_write_text,
+    remove_partial_writes,
     save_model,
 )
-from keelctl.train.callbacks import (
-    DivergenceGuard,
-    TokenThroughput,
-    TrainingDiverged,
-    TrainProgressBar,
-    ValidateAtEnd,
-)
+from keelctl.train.callbacks import TokenThroughput, TrainProgressBar, ValidateAtEnd
 from keelctl.train.datamodule import TokenDataModule
 from keelctl.train.grad_flow import GradFlowCallback
+from keelctl.train.guards import LossGuard, LossSpike, TrainingDiverged
 from keelctl.train.module import LanguageModel
-from keelctl.train.run_dir import check_run_dir, make_loggers, resume_state, truncate_csv
+from keelctl.train.run_dir import (
+    check_run_dir,
+    checkpoint_step,
+    make_loggers,
+    open_metrics,
+    resume_state,
+    truncate_csv,
+)
+from keelctl.train.scale import AtomicCheckpointIO, gathered_model, make_strategy
+
+log = logging.getLogger(__name__)
 
 LAST_CKPT = "last.ckpt"
 BEST_CKPT = "best.ckpt"
@@ -76,7 +85,8 @@ def train(
     """Train `recipe` into `run_dir` (default runs/<name>) and return the summary dict
     (also written to RUN/summary.json). resume=True continues from RUN/checkpoints/last.ckpt
     with its weights, optimizer, scheduler, RNG and data position. Extra Lightning callbacks
-    (e.g. a test's early stop) run after the built-in ones."""
+    (e.g. a test's early stop) run after the built-in ones. Under a multi-process launch every
+    process calls this; rank zero writes the run dir."""
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(recipe)
     last_ckpt = run_dir / CHECKPOINTS / LAST_CKPT
     is_rank_zero = rank_zero_only.rank == 0
@@ -87,51 +97,132 @@ def train(
     torch.set_flush_denormal(True)  # CPU ops: vanishing gradients' subnormals cost ~8x
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")  # TF32 matmuls in fp32 runs
-    try:
-        data = _prepare_data(recipe, resumed["tokenizer"] if resumed else None)
-    except KeelError:
-        if created and is_rank_zero:
-            run_dir.rmdir()  # leave no empty run dir behind a corpus mistake
-        raise
-
-    L.seed_everything(recipe.seed, workers=True, verbose=False)
-    module = LanguageModel(recipe.model_dump(mode="json"), data.tokenizer.to_dict())
-    datamodule = TokenDataModule(
-        data, recipe.data, seed=recipe.seed, max_steps=recipe.trainer.max_steps
-    )
-    resume_step = resumed["global_step"] if resumed else 0
+    fit = _Fit(recipe, run_dir, resumed, progress_bar, callbacks)
+    ckpt_path = last_ckpt if resume else None
+    started = time.perf_counter()
     with _expected_warnings_hidden():
-        loggers = make_loggers(run_dir, resume_step) if is_rank_zero else False
-        if is_rank_zero:
-            atomic_write_text(run_dir / CONFIG_YAML, dump_recipe(recipe))
-            if resumed:
-                truncate_csv(run_dir / GRADS_CSV, keep_steps_below=resume_step)
-        throughput = TokenThroughput(recipe.data.batch_size * recipe.data.seq_len)
-        trainer = _trainer(recipe, run_dir, loggers, throughput, progress_bar, callbacks)
-        for logger in trainer.loggers:
-            logger.log_hyperparams(_depth(module))
-        started = time.perf_counter()
         try:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=last_ckpt if resume else None)
-        except TrainingDiverged as e:
-            summary = _summary(recipe, run_dir, trainer, module, throughput, started, resume_step)
-            summary.update(status="diverged", diverged_at_step=e.step, diverged_loss=str(e.loss))
-            if trainer.is_global_zero:
-                atomic_write_json(run_dir / SUMMARY_JSON, summary)
-            raise KeelError(_diverged_message(e, last_ckpt)) from None
+            fit.data = fit.prepare() if is_rank_zero else None  # the others: in setup()
+            trainer, module, datamodule = fit.setup()
+        except KeelError:
+            if created and is_rank_zero and not any(run_dir.iterdir()):
+                run_dir.rmdir()  # leave no empty run dir behind a mistake
+            raise
+        while True:
+            try:
+                trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+                break
+            except LossSpike as spike:
+                fit.start_step = spike.event["resumed_from_step"] = checkpoint_step(last_ckpt)
+                _warn_rollback(spike.event, fit.guard)
+                ckpt_path, fit.data = last_ckpt, datamodule.data  # read the corpus once
+                trainer, module, datamodule = fit.setup()
+            except TrainingDiverged as e:
+                raise fit.diverged(e, trainer, module, started) from None
 
-    summary = _summary(recipe, run_dir, trainer, module, throughput, started, resume_step)
+    summary = fit.summary(trainer, module, started)
+    model = gathered_model(trainer, module)  # every rank: a collective under fsdp
     if trainer.is_global_zero:
         save_model(
             run_dir,
-            module.model,
-            data.tokenizer,
+            model,
+            fit.data.tokenizer,
             steps=trainer.global_step,
             tokens_seen=summary["tokens_seen"],
             recipe=recipe.name,
         )
         atomic_write_json(run_dir / SUMMARY_JSON, summary)
     return summary
+
+
+@rank_zero_only
+def _warn_rollback(event: dict, guard: LossGuard) -> None:
+    log.warning(
+        "loss spike %.4g at step %d (mean of the previous %d losses %.4g): rolled back to the "
+        "checkpoint of step %d, learning rate x %g from now on (rollback %d of at most %d)",
+        event["loss"],
+        event["step"],
+        guard.cfg.window,
+        event["running_mean"],
+        event["resumed_from_step"],
+        event["lr_scale"],
+        len(guard.rollbacks),
+        guard.cfg.max_rollbacks,
+    )
+
+
+class _Fit:
+    """What the fits of one train() call share: a resume or each rollback starts a new
+    Trainer (and module) from the last checkpoint, as --resume does."""
+
+    def __init__(self, recipe, run_dir, resumed, progress_bar, callbacks):
+        self.recipe, self.run_dir = recipe, run_dir
+        self.tokenizer = resumed["tokenizer"] if resumed else None
+        self.start_step = self.resumed_from = resumed["global_step"] if resumed else 0
+        self.progress_bar, self.callbacks = progress_bar, callbacks
+        self.guard = LossGuard(
+            recipe.trainer.spike_rollback, recipe.optim.lr, run_dir / CHECKPOINTS / LAST_CKPT
+        )
+        self.throughput = TokenThroughput(recipe.data.batch_size * recipe.data.seq_len)
+        self.data: PreparedData | None = None
+
+    def prepare(self) -> PreparedData:
+        return _prepare_data(self.recipe, self.tokenizer)
+
+    def setup(self) -> tuple[L.Trainer, LanguageModel, TokenDataModule]:
+        recipe, run_dir, is_rank_zero = self.recipe, self.run_dir, rank_zero_only.rank == 0
+        L.seed_everything(recipe.seed, workers=True, verbose=False)
+        tokenizer = self.data.tokenizer if self.data else self.tokenizer
+        # Only rank zero writes checkpoints (the tokenizer goes in them); the others may not
+        # know the tokenizer of a new run until their datamodule's setup().
+        module = LanguageModel(recipe.model_dump(mode="json"), tokenizer and tokenizer.to_dict())
+        datamodule = TokenDataModule(
+            self.prepare,
+            recipe.data,
+            seed=recipe.seed,
+            max_steps=recipe.trainer.max_steps,
+            data=self.data,
+        )
+        loggers = make_loggers(run_dir) if is_rank_zero else False
+        trainer = _trainer(recipe, run_dir, loggers, self)
+        if is_rank_zero:  # after the trainer: a hardware mistake leaves the run dir untouched
+            atomic_write_text(run_dir / CONFIG_YAML, dump_recipe(recipe))
+            open_metrics(loggers[0], run_dir, self.start_step)
+            truncate_csv(run_dir / GRADS_CSV, keep_steps_below=self.start_step)
+            remove_partial_writes(run_dir / CHECKPOINTS)
+            self._log_rollbacks(trainer)
+        for logger in trainer.loggers:
+            logger.log_hyperparams(_depth(module))
+        return trainer, module, datamodule
+
+    def _log_rollbacks(self, trainer: L.Trainer) -> None:
+        """Rows rollback = 1 in metrics.csv at the spiking steps since the restored checkpoint
+        (open_metrics dropped the rows of the steps that run again)."""
+        for event in self.guard.rollbacks:
+            if event["step"] >= self.start_step:
+                row = {"rollback": 1.0, "spike_loss": event["loss"], "lr_scale": event["lr_scale"]}
+                for logger in trainer.loggers:
+                    logger.log_metrics(row, step=event["step"])
+
+    def summary(self, trainer, module, started) -> dict:
+        return _summary(
+            self.recipe,
+            self.run_dir,
+            trainer,
+            module,
+            self.throughput,
+            started,
+            self.resumed_from,
+            self.guard.rollbacks,
+        )
+
+    def diverged(self, e: TrainingDiverged, trainer, module, started) -> KeelError:
+        """Write summary.json (status diverged) and return the error to raise."""
+        summary = self.summary(trainer, module, started)
+        summary.update(status="diverged", diverged_at_step=e.step, diverged_loss=str(e.loss))
+        if trainer.is_global_zero:
+            atomic_write_json(self.run_dir / SUMMARY_JSON, summary)
+        return KeelError(_diverged_message(e, self.run_dir / CHECKPOINTS / LAST_CKPT, self.recipe))
 
 
 def _prepare_data(recipe: RecipeConfig, tokenizer) -> PreparedData:
@@ -165,24 +256,12 @@ def _depth(module: LanguageModel) -> dict:
     }
 
 
-def _strategy(recipe: RecipeConfig):
-    t = recipe.trainer
-    if t.strategy != "fsdp":
-        return t.strategy
-    from lightning.pytorch.strategies import FSDPStrategy
-
-    return FSDPStrategy(
-        auto_wrap_policy={Block},
-        activation_checkpointing_policy={Block} if t.activation_checkpointing else None,
-    )
-
-
-def _trainer(recipe, run_dir, loggers, throughput, progress_bar, extra_callbacks) -> L.Trainer:
+def _trainer(recipe, run_dir, loggers, fit: _Fit) -> L.Trainer:
     t, o = recipe.trainer, recipe.optim
     ckpt_dir = run_dir / CHECKPOINTS
     callbacks = [
-        DivergenceGuard(),
-        throughput,
+        fit.guard,
+        fit.throughput,
         ValidateAtEnd(),
         # Both save after each validation (val_every steps), best first so last.ckpt
         # carries the updated best score.
@@ -204,31 +283,42 @@ def _trainer(recipe, run_dir, loggers, throughput, progress_bar, extra_callbacks
     ]
     if t.grad_flow_every > 0:
         callbacks.append(GradFlowCallback(t.grad_flow_every, run_dir / GRADS_CSV))
-    if progress_bar:
+    if fit.progress_bar:
         callbacks.append(TrainProgressBar())
-    return L.Trainer(
-        default_root_dir=run_dir,
-        accelerator=t.accelerator,
-        devices=t.devices,
-        num_nodes=t.num_nodes,
-        strategy=_strategy(recipe),
-        precision=t.precision,
-        max_steps=t.max_steps,
-        max_epochs=-1,
-        accumulate_grad_batches=t.accumulate_grad_batches,
-        gradient_clip_val=o.grad_clip,
-        val_check_interval=t.val_every * t.accumulate_grad_batches,  # counted in batches
-        check_val_every_n_epoch=None,
-        num_sanity_val_steps=0,
-        log_every_n_steps=t.log_every,
-        logger=loggers,
-        callbacks=[*callbacks, *extra_callbacks],
-        enable_progress_bar=progress_bar,
-        enable_model_summary=False,
-    )
+    try:
+        return L.Trainer(
+            default_root_dir=run_dir,
+            accelerator=t.accelerator,
+            devices=t.devices,
+            num_nodes=t.num_nodes,
+            strategy=make_strategy(t),
+            plugins=[AtomicCheckpointIO()],
+            precision=t.precision,
+            max_steps=t.max_steps,
+            max_epochs=-1,
+            accumulate_grad_batches=t.accumulate_grad_batches,
+            gradient_clip_val=o.grad_clip,
+            val_check_interval=t.val_every * t.accumulate_grad_batches,  # counted in batches
+            check_val_every_n_epoch=None,
+            use_distributed_sampler=False,  # datamodule.py deals samples out to ranks in order
+            num_sanity_val_steps=0,
+            log_every_n_steps=t.log_every,
+            logger=loggers,
+            callbacks=[*callbacks, *fit.callbacks],
+            enable_progress_bar=fit.progress_bar,
+            enable_model_summary=False,
+        )
+    except (MisconfigurationException, ValueError, RuntimeError) as e:
+        raise KeelError(
+            f"Lightning cannot run trainer.accelerator {t.accelerator}, devices {t.devices}, "
+            f"num_nodes {t.num_nodes}, strategy {t.strategy} here: "
+            f"{str(e).splitlines()[0]}; change those keys (docs/scale.md)"
+        ) from None
 
 
-def _summary(recipe, run_dir, trainer, module, throughput, started, resume_step) -> dict:
+def _summary(
+    recipe, run_dir, trainer, module, throughput, started, resumed_from, rollbacks
+) -> dict:
     metrics = trainer.callback_metrics
     val_loss = float(metrics["val_loss"]) if "val_loss" in metrics else None
     best = next((c for c in trainer.checkpoint_callbacks if c.monitor == "val_loss"), None)
@@ -242,7 +332,8 @@ def _summary(recipe, run_dir, trainer, module, throughput, started, resume_step)
         **_depth(module),
         "steps": step,
         "max_steps": recipe.trainer.max_steps,
-        "resumed_from_step": resume_step or None,
+        "resumed_from_step": resumed_from or None,
+        "world_size": trainer.world_size,
         "tokens_per_step": tokens_per_step,
         "tokens_seen": step * tokens_per_step,
         "final_val_loss": val_loss,
@@ -250,6 +341,7 @@ def _summary(recipe, run_dir, trainer, module, throughput, started, resume_step)
         "best_val_loss": float(best.best_model_score)
         if best and best.best_model_score is not None
         else None,
+        "rollbacks": [{k: _json_number(v) for k, v in r.items()} for r in rollbacks],
         "wall_time_s": round(time.perf_counter() - started, 2),
         "train_tokens_per_s": round(throughput.mean_tokens_per_s, 1),
         "units": {
@@ -262,16 +354,21 @@ def _summary(recipe, run_dir, trainer, module, throughput, started, resume_step)
     }
 
 
-def _diverged_message(e: TrainingDiverged, last_ckpt: Path) -> str:
+def _json_number(v):
+    """NaN and Inf as strings ("nan"), as JSON has no such numbers."""
+    return str(v) if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def _diverged_message(e: TrainingDiverged, last_ckpt: Path, recipe: RecipeConfig) -> str:
     kept = (
         f"the last good checkpoint is {last_ckpt}"
         if last_ckpt.is_file()
         else "no checkpoint was written before it"
     )
-    return (
-        f"training diverged: loss {e.loss} at step {e.step} (lr {e.lr:.3g}); {kept}; "
-        "lower optim.lr or raise optim.warmup_steps and train again"
-    )
+    todo = "lower optim.lr or raise optim.warmup_steps and train again"
+    if not recipe.trainer.spike_rollback.enabled:
+        todo += ", or set trainer.spike_rollback.enabled=true"
+    return f"{e}; {kept}; {todo}"
 
 
 @contextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import pickle
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from keelctl.config import RecipeConfig
 from keelctl.data import tokenizer_from_dict
 from keelctl.errors import KeelError
+from keelctl.model import build_model
 from keelctl.runs import (
     CHECKPOINTS,
     CONFIG_YAML,
@@ -38,9 +40,21 @@ RESUMABLE_CHANGES = frozenset(
         "trainer.grad_flow_every",
         "trainer.compile",
         "trainer.activation_checkpointing",
+        "trainer.spike_rollback.enabled",
+        "trainer.spike_rollback.factor",
+        "trainer.spike_rollback.window",
+        "trainer.spike_rollback.lr_scale",
+        "trainer.spike_rollback.max_rollbacks",
         "data.num_workers",
         "data.cache_dir",
     }
+)
+# How the global batch is split over devices and micro-batches: a resume may change these (e.g.
+# on fewer nodes, with more accumulation) while the global batch stays the same, which keeps the
+# data position right. trainer.strategy may change too, except to or from fsdp (its optimizer
+# state is keyed differently).
+BATCH_LAYOUT = frozenset(
+    {"trainer.devices", "trainer.num_nodes", "trainer.accumulate_grad_batches", "data.batch_size"}
 )
 
 
@@ -73,19 +87,22 @@ def resume_state(last_ckpt: Path, recipe: RecipeConfig) -> dict:
         )
     ckpt = read_checkpoint(last_ckpt)
     try:
-        saved = RecipeConfig(**ckpt["hyper_parameters"]["recipe"]).model_dump(mode="json")
+        saved = RecipeConfig(**ckpt["hyper_parameters"]["recipe"])
         step, tokenizer = ckpt["global_step"], tokenizer_from_dict(ckpt[TOKENIZER_KEY])
+        weights = ckpt["state_dict"]
     except (KeyError, TypeError, ValueError) as e:
-        raise KeelError(f"{last_ckpt} is not a keelctl training checkpoint ({e})") from None
-    changed = sorted(
-        k for k in _diff(saved, recipe.model_dump(mode="json")) if k not in RESUMABLE_CHANGES
-    )
+        raise KeelError(
+            f"{last_ckpt} is not a keelctl training checkpoint ({_first_line(e)}); resume a run "
+            "dir that `keelctl train` wrote, or train without --resume"
+        ) from None
+    changed = _unresumable_changes(saved, recipe)
     if changed:
         raise KeelError(
             f"--resume: the recipe differs from the checkpoint's in {', '.join(changed)}; "
             f"resume with the recipe in {last_ckpt.parent.parent / CONFIG_YAML} (docs/train.md "
             "lists the keys a resume may change)"
         )
+    _check_weights_fit(weights, recipe, last_ckpt)
     if step >= recipe.trainer.max_steps:
         raise KeelError(
             f"--resume: the run already reached step {step} >= trainer.max_steps "
@@ -94,13 +111,65 @@ def resume_state(last_ckpt: Path, recipe: RecipeConfig) -> dict:
     return {"tokenizer": tokenizer, "global_step": step}
 
 
+def _unresumable_changes(saved: RecipeConfig, recipe: RecipeConfig) -> list[str]:
+    changed = set(_diff(saved.model_dump(mode="json"), recipe.model_dump(mode="json")))
+    changed -= RESUMABLE_CHANGES
+    global_batch = recipe.sequences_per_step  # None with devices: auto
+    if global_batch is not None and global_batch == saved.sequences_per_step:
+        changed -= BATCH_LAYOUT
+        if "fsdp" not in (saved.trainer.strategy, recipe.trainer.strategy):
+            changed.discard("trainer.strategy")
+    return sorted(changed)
+
+
+def _check_weights_fit(weights: dict, recipe: RecipeConfig, path: Path) -> None:
+    """The checkpoint's tensors have the names and shapes the recipe's model has."""
+    with torch.device("meta"):  # shapes only, no memory
+        model = build_model(recipe.model)
+    expected = {f"model.{k}": v.shape for k, v in model.state_dict().items()}
+    found = {k: v.shape for k, v in weights.items()}
+    if found == expected:
+        return
+    wrong = next((k for k in expected if k in found and found[k] != expected[k]), None)
+    if wrong is not None:
+        what = f"{wrong} is {list(found[wrong])}, in the recipe's model {list(expected[wrong])}"
+    else:
+        missing = sorted(expected.keys() - found.keys())
+        extra = sorted(found.keys() - expected.keys())
+        what = f"it lacks {missing[0]}" if missing else f"it has {extra[0]}, which the model lacks"
+    raise KeelError(
+        f"checkpoint {path} holds a different model ({what}); resume with the recipe that "
+        "wrote it, or train without --resume into a new run dir"
+    )
+
+
+def checkpoint_step(path: Path) -> int:
+    """The global step a checkpoint was written at."""
+    try:
+        return int(read_checkpoint(path)["global_step"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise KeelError(
+            f"{path} is not a keelctl training checkpoint ({_first_line(e)}); delete it and "
+            "train again"
+        ) from None
+
+
+def _first_line(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+
+
 def read_checkpoint(path: Path) -> dict:
     """A Lightning checkpoint, memory-mapped (cheap for big ones) and without unpickling code."""
     try:
         return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except pickle.UnpicklingError:  # what weights_only refuses: code, or objects of any class
+        raise KeelError(
+            f"checkpoint {path} holds Python objects beyond tensors and plain data, which could "
+            "run code; keelctl does not load it: resume only checkpoints that keelctl wrote"
+        ) from None
     except Exception as e:  # torch raises many types for truncated or foreign files
         raise KeelError(
-            f"cannot read checkpoint {path} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+            f"cannot read checkpoint {path} ({_first_line(e)}); "
             "it may be truncated or not a keelctl checkpoint"
         ) from None
 
@@ -114,21 +183,25 @@ def _diff(a: dict, b: dict, prefix: str = "") -> Iterator[str]:
             yield f"{prefix}{key}"
 
 
-def make_loggers(run_dir: Path, resume_step: int) -> list[Logger]:
-    """CSVLogger writing RUN/metrics.csv (a resumed run keeps the rows of the steps its
-    checkpoint covers), and TensorBoard under RUN/tensorboard when it is installed."""
+def make_loggers(run_dir: Path) -> list[Logger]:
+    """CSVLogger for RUN/metrics.csv, and TensorBoard under RUN/tensorboard when it is
+    installed. Nothing is written until open_metrics() or the first log."""
+    loggers: list[Logger] = [CSVLogger(save_dir=run_dir, name="", version="")]
+    if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
+        loggers.append(TensorBoardLogger(save_dir=run_dir, name="tensorboard", version=""))
+    return loggers
+
+
+def open_metrics(csv_logger: CSVLogger, run_dir: Path, resume_step: int) -> None:
+    """Start RUN/metrics.csv afresh; a run resumed (or rolled back) to `resume_step` keeps the
+    rows of the steps before it."""
     previous = _csv_rows(run_dir / METRICS_CSV) if resume_step else []
-    csv_logger = CSVLogger(save_dir=run_dir, name="", version="")
     _ = csv_logger.experiment  # creating the writer removes the old metrics.csv
     for row in previous:
         step = int(row.pop("step"))
         if step < resume_step:
             csv_logger.log_metrics({k: _number(v) for k, v in row.items() if v != ""}, step=step)
     csv_logger.save()
-    loggers: list[Logger] = [csv_logger]
-    if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
-        loggers.append(TensorBoardLogger(save_dir=run_dir, name="tensorboard", version=""))
-    return loggers
 
 
 def _number(text: str) -> int | float:
@@ -136,10 +209,12 @@ def _number(text: str) -> int | float:
 
 
 def _csv_rows(path: Path) -> list[dict]:
+    """The file's rows, without a last row cut short by a killed writer."""
     if not path.is_file():
         return []
     with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+        rows = list(csv.DictReader(f))
+    return [r for r in rows if None not in r.values() and None not in r and r["step"].isdigit()]
 
 
 def truncate_csv(path: Path, keep_steps_below: int) -> None:
