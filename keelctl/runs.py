@@ -142,17 +142,11 @@ def read_model_json(run_dir: str | os.PathLike) -> dict:
 _MODEL_JSON_HINT = "it was edited or comes from another tool: restore it, or train the run again"
 
 
-def load_model(
-    run_dir: str | os.PathLike, device: str | torch.device = "cpu"
-) -> tuple[Transformer, Tokenizer]:
-    """Load (model, tokenizer) from a run dir, in eval mode, without Lightning."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_model as st_load_model
-
+def read_model_meta(run_dir: str | os.PathLike) -> tuple[ModelConfig, Tokenizer]:
+    """The run's ModelConfig and tokenizer from model.json, without loading the weights."""
     meta = read_model_json(run_dir)
     try:
-        cfg = ModelConfig(**meta["model"])
-        tokenizer = tokenizer_from_dict(meta["tokenizer"])
+        return ModelConfig(**meta["model"]), tokenizer_from_dict(meta["tokenizer"])
     except ValidationError as e:
         what = format_validation_error(e, ModelConfig, "model")
         raise KeelError(f"{Path(run_dir) / MODEL_JSON}: {what}; {_MODEL_JSON_HINT}") from None
@@ -161,6 +155,16 @@ def load_model(
             f"{Path(run_dir) / MODEL_JSON} is not a keelctl model description (no or bad {e}); "
             f"{_MODEL_JSON_HINT}"
         ) from None
+
+
+def load_model(
+    run_dir: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[Transformer, Tokenizer]:
+    """Load (model, tokenizer) from a run dir, in eval mode, without Lightning."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_model as st_load_model
+
+    cfg, tokenizer = read_model_meta(run_dir)
     weights = Path(run_dir) / MODEL_WEIGHTS
     if not weights.is_file():
         raise KeelError(f"{weights} is missing; is {run_dir} a finished `keelctl train` run?")

@@ -24,3 +24,13 @@ def test_console_script_runs():
         [sys.executable, "-m", "keelctl", "--version"], capture_output=True, text=True
     )
     assert out.returncode == 0 and __version__ in out.stdout
+
+
+def test_usage_errors_from_the_console_script_are_one_line_exit_2():
+    for argv in (["train"], ["bench", "--steps", "many"], ["no-such-command"]):
+        out = subprocess.run(
+            [sys.executable, "-m", "keelctl", *argv], capture_output=True, text=True
+        )
+        assert out.returncode == 2, argv
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr

@@ -26,17 +26,15 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from keelctl.data.tokenizers import Tokenizer, tokenizer_from_dict
 from keelctl.errors import KeelError
 from keelctl.eval.device import resolve_device
 from keelctl.model import ModelConfig, Transformer
 from keelctl.runs import (
     CONFIG_YAML,
-    MODEL_JSON,
     atomic_path,
     atomic_write_json,
     load_model,
-    read_model_json,
+    read_model_meta,
 )
 
 UNITS = ("sublayer", "block")
@@ -252,15 +250,6 @@ def _run(sublayers: Sequence[torch.nn.Module], x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def run_meta(run_dir: Path) -> tuple[ModelConfig, Tokenizer]:
-    """The run's ModelConfig and tokenizer from model.json, without loading the weights."""
-    meta = read_model_json(run_dir)
-    try:
-        return ModelConfig(**meta["model"]), tokenizer_from_dict(meta["tokenizer"])
-    except (KeyError, ValueError) as e:
-        raise KeelError(f"{run_dir / MODEL_JSON} is not a keelctl model description: {e}") from e
-
-
 def data_settings(runs: Sequence[Path], data: str | None) -> list:
     """Each run's DataConfig for evaluation. Default: the run's own (config.yaml), i.e. its
     validation split. With --data, the first run's settings with the corpus replaced, for every
@@ -313,7 +302,7 @@ def ablate(
     )
     dev = resolve_device(device)
     runs = [Path(run) for run in runs]
-    metas = [run_meta(run) for run in runs]
+    metas = [read_model_meta(run) for run in runs]
     plans = [plan_removals(cfg, unit, layers, range_size) for cfg, _ in metas]  # cheap checks
     loaders = [
         eval_batches(eval_tokens(d, tok), min(d.seq_len, cfg.max_seq_len), tokens, batch_size)

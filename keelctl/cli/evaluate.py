@@ -26,7 +26,7 @@ def eval_command(
         help="Comma-separated lm-eval tasks, e.g. keel_offline (the bundled "
         "offline tasks) or hellaswag,arc_easy (need the Hugging Face hub or its cache).",
     ),
-    num_fewshot: int | None = typer.Option(None, "--num-fewshot", help="Few-shot examples."),
+    num_fewshot: int | None = typer.Option(None, "--num-fewshot", min=0, help="Few-shot examples."),
     limit: float | None = typer.Option(
         None, "--limit", help="At most N examples per task (a fraction if < 1)."
     ),
