@@ -1,0 +1,51 @@
+"""Lightning callbacks `keelctl repro` passes to train(): step progress, and max-lr's early stop
+once the divergence detector's verdict on a run can no longer change."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import lightning as L
+
+from keelctl.repro.divergence import DivergenceRules, detect_divergence
+
+
+class StepReporter(L.Callback):
+    """Calls on_step(global_step) after every optimizer step."""
+
+    def __init__(self, on_step: Callable[[int], None]):
+        self.on_step = on_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.on_step(trainer.global_step)
+
+
+class StopWhenDiverged(L.Callback):
+    """Stops training once detect_divergence (without a reference curve) has found a divergence
+    that later points cannot move: a spike streak starting earlier would have fired within
+    spike_steps + 1 points, and an earlier plateau window ends within plateau_window points.
+    The post-hoc analysis reads the same losses from metrics.csv, so stopping changes nothing
+    but the time spent. Checks every `every` steps (the detector is O(steps x window))."""
+
+    def __init__(self, rules: DivergenceRules, total_steps: int, every: int = 10):
+        self.rules, self.total_steps, self.every = rules, total_steps, every
+        self.steps: list[int] = []
+        self.losses: list[float] = []
+        self.lrs: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        self.steps.append(trainer.global_step - 1)
+        self.losses.append(float(loss.detach()) if loss is not None else math.nan)
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+        if len(self.steps) % self.every:
+            return
+        found = detect_divergence(
+            self.steps, self.losses, self.lrs, self.rules, total_steps=self.total_steps
+        )
+        if found is None:
+            return
+        settle = max(self.rules.spike_steps + 1, self.rules.plateau_window)
+        if len(self.steps) - 1 - self.steps.index(found.step) >= settle:
+            trainer.should_stop = True

@@ -1,0 +1,275 @@
+"""max-lr (the paper's Table 1): the last learning rate before divergence under a linear ramp.
+
+Every run warms its LR linearly from 0 to the scale's peak (5e-2) over all of its steps, with no
+decay: optim.warmup_steps = trainer.max_steps, so warmup_cosine_lr never reaches its cosine and
+step s uses peak * (s + 1) / steps. The per-step training losses and LRs are read back from
+metrics.csv and the divergence detector (divergence.py) finds where each run diverged; the slow
+rule's reference is, at each step, the lowest loss of any scheme at the same depth and seed.
+A run that never diverges has a max LR of at least the peak, and is counted as the peak.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from matplotlib.ticker import NullFormatter
+
+from keelctl.analysis.plots import new_figure
+from keelctl.repro import paper
+from keelctl.repro.callbacks import StopWhenDiverged
+from keelctl.repro.divergence import Divergence, detect_divergence, smoothed
+from keelctl.repro.plan import Outcome, Progress, RunSpec
+from keelctl.repro.protocol import Context, Protocol, register
+from keelctl.repro.report import Report, md_table
+from keelctl.repro.verdicts import claim, fmt_group
+from keelctl.runs import METRICS_CSV
+from keelctl.train.curves import read_metric
+
+BASELINES = ("pre_ln", "deepnorm", "post_ln")
+
+
+def plan(ctx: Context) -> list[RunSpec]:
+    sc = ctx.scale
+    specs = []
+    for depth in sc.max_lr_depths:
+        for scheme in sc.max_lr_schemes:
+            for seed in ctx.seeds:
+                recipe = ctx.recipe(
+                    scheme=scheme,
+                    depth=depth,
+                    seed=seed,
+                    lr=sc.max_lr_peak,
+                    steps=sc.max_lr_steps,
+                    warmup_steps=sc.max_lr_steps,
+                    trainer=dict(log_every=1, val_every=sc.max_lr_steps, grad_flow_every=0),
+                )
+                specs.append(ctx.spec(f"maxlr-{scheme}-L{depth}-s{seed}", recipe))
+    return specs
+
+
+def callbacks(ctx: Context):
+    return lambda spec: [StopWhenDiverged(ctx.scale.divergence, spec.recipe.trainer.max_steps)]
+
+
+@dataclass
+class Curve:
+    spec: RunSpec
+    steps: list[int]
+    losses: list[float]
+    lrs: list[float]
+    found: Divergence | None = None
+
+    @property
+    def max_lr(self) -> float:
+        """Last LR before divergence; the ramp's last LR when it never diverged."""
+        if self.found is None:
+            return self.spec.recipe.optim.lr
+        return self.found.last_lr if self.found.last_lr is not None else 0.0
+
+
+def read_curve(spec: RunSpec) -> Curve:
+    """Per-step (step, train loss, lr) from metrics.csv; a step logged twice keeps its last
+    value (the NaN guard re-logs the bad step's loss)."""
+    path = spec.run_dir / METRICS_CSV
+    loss_by_step = dict(zip(*read_metric(path, "train_loss"), strict=True))
+    lr_by_step = dict(zip(*read_metric(path, "lr"), strict=True))
+    steps = sorted(loss_by_step)
+    return Curve(
+        spec, steps, [loss_by_step[s] for s in steps], [lr_by_step.get(s, math.nan) for s in steps]
+    )
+
+
+def reference(curves: list[Curve]) -> dict[int, float]:
+    """Per step, the lowest finite loss among `curves`."""
+    best: dict[int, float] = {}
+    for c in curves:
+        for step, loss in zip(c.steps, c.losses, strict=True):
+            if math.isfinite(loss):
+                best[step] = min(loss, best.get(step, math.inf))
+    return best
+
+
+def detect(ctx: Context, curves: list[Curve]) -> None:
+    """Fill each curve's divergence, against the reference of its depth and seed."""
+    for depth in ctx.scale.max_lr_depths:
+        for seed in ctx.seeds:
+            group = [c for c in curves if c.spec.depth == depth and c.spec.seed == seed]
+            ref = reference(group)
+            for c in group:
+                c.found = detect_divergence(
+                    c.steps,
+                    c.losses,
+                    c.lrs,
+                    ctx.scale.divergence,
+                    reference=[ref.get(s, math.nan) for s in c.steps],
+                    total_steps=c.spec.recipe.trainer.max_steps,
+                )
+
+
+def loss_vs_lr_figure(curves: list[Curve], depths: tuple[int, ...], smooth: int):
+    fig = new_figure(6.0 * len(depths), 4.2)
+    axes = fig.subplots(1, len(depths), squeeze=False)[0]
+    schemes = list(dict.fromkeys(c.spec.scheme for c in curves))
+    for ax, depth in zip(axes, depths, strict=True):
+        for c in (c for c in curves if c.spec.depth == depth):
+            colour = f"C{schemes.index(c.spec.scheme)}"
+            label = c.spec.scheme if c.spec.seed == min(x.spec.seed for x in curves) else None
+            ax.plot(c.lrs, smoothed(c.losses, smooth), color=colour, linewidth=1.2, label=label)
+            if c.found is not None and c.found.last_lr is not None:
+                k = c.steps.index(c.found.step)
+                ax.plot(
+                    c.lrs[k],
+                    smoothed(c.losses, smooth)[k],
+                    "x",
+                    color=colour,
+                    markersize=10,
+                    markeredgewidth=2,
+                )
+        ax.set(
+            title=f"{depth} sub-layers",
+            xlabel="learning rate (linear ramp)",
+            ylabel=f"training loss (mean of {smooth} steps)",
+        )
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle("Loss along the LR ramp; x = detected divergence (its last LR is the max LR)")
+    return fig
+
+
+def max_lr_figure(curves: list[Curve], depths: tuple[int, ...]):
+    fig = new_figure(7.0, 4.2)
+    ax = fig.add_subplot()
+    schemes = list(dict.fromkeys(c.spec.scheme for c in curves))
+    for k, scheme in enumerate(schemes):
+        runs = [
+            [c for c in curves if c.spec.scheme == scheme and c.spec.depth == d] for d in depths
+        ]
+        ys = [[c.max_lr for c in group] for group in runs]
+        for d, group in zip(depths, runs, strict=True):
+            for c in group:  # ^ = never diverged: the max LR is at least the ramp's peak
+                marker = "o" if c.found is not None else "^"
+                ax.plot(d, max(c.max_lr, 1e-6), marker, color=f"C{k}", alpha=0.6)
+        ax.plot(
+            depths,
+            [max(sum(y) / len(y), 1e-6) for y in ys],
+            "-",
+            color=f"C{k}",
+            label=f"{scheme} (ours)",
+        )
+        theirs = [(d, row[scheme]) for d, row in paper.MAX_LR.items() if scheme in row]
+        if theirs:
+            ax.plot(
+                *zip(*theirs, strict=True),
+                "--s",
+                color=f"C{k}",
+                markerfacecolor="white",
+                label=f"{scheme} (paper)",
+            )
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="depth (sub-layers)",
+        ylabel="max LR (last LR before divergence)",
+        title="Max tolerable LR: ours (filled; ^ never diverged) and the paper's Table 1 "
+        "(hollow, dashed)",
+    )
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xticks(
+        sorted({*depths, *paper.MAX_LR}), [str(d) for d in sorted({*depths, *paper.MAX_LR})]
+    )
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize="x-small", ncol=2)
+    return fig
+
+
+def analyse(ctx: Context, outcomes: list[Outcome], report: Report, progress: Progress) -> None:
+    sc = ctx.scale
+    curves = []
+    for o in outcomes:
+        curves.append(read_curve(o.spec))
+        progress.report(f"read {o.spec.name}", progress.done + 1)
+    detect(ctx, curves)
+    lr_step = sc.max_lr_peak / sc.max_lr_steps
+
+    def group(scheme: str, depth: int) -> list[float]:
+        return [c.max_lr for c in curves if c.spec.scheme == scheme and c.spec.depth == depth]
+
+    for depth in sc.max_lr_depths:
+        near = min(paper.MAX_LR, key=lambda d: abs(math.log(d / depth)))
+        for base in BASELINES:
+            report.verdicts.append(
+                claim(
+                    f"{depth} sub-layers: Keel tolerates a higher LR than {base}",
+                    f"{near} layers: keel {paper.MAX_LR[near]['keel']:.3g} vs {base} "
+                    f"{paper.MAX_LR[near][base]:.3g}",
+                    group("keel", depth),
+                    group(base, depth),
+                    "higher",
+                    tie=lr_step,
+                    fmt=".3g",
+                    names=("keel", base),
+                )
+            )
+    rows = []
+    for scheme in sc.max_lr_schemes:
+        row = [scheme]
+        for depth in sc.max_lr_depths:
+            found = [c.found for c in curves if c.spec.scheme == scheme and c.spec.depth == depth]
+            rules = ", ".join(sorted({f.rule for f in found if f is not None})) or "none"
+            never = sum(f is None for f in found)
+            note = f" ({never} of {len(found)} never diverged)" if never else ""
+            row += [fmt_group(group(scheme, depth), ".3g") + note, rules]
+        row += [f"{paper.MAX_LR[d].get(scheme, math.nan):.3g}" for d in paper.MAX_LR]
+        rows.append(row)
+    headers = ["scheme"]
+    for depth in sc.max_lr_depths:
+        headers += [f"max LR, {depth} sub-layers (ours)", "rule that fired"]
+    headers += [f"paper, {d} layers" for d in paper.MAX_LR]
+    report.add(
+        f"LR ramp: 0 -> {sc.max_lr_peak:g} over {sc.max_lr_steps} steps (paper: "
+        f"{paper.MAX_LR_RAMP}); one LR step = {lr_step:.3g}. A max LR equal to the peak means "
+        "the run never diverged. Paper has no Mix-LN number.",
+        md_table(headers, rows),
+    )
+    report.figure(
+        loss_vs_lr_figure(curves, sc.max_lr_depths, sc.divergence.smooth),
+        "loss-vs-lr.png",
+        "Training loss against the LR of the ramp, per depth",
+    )
+    report.figure(
+        max_lr_figure(curves, sc.max_lr_depths),
+        "max-lr.png",
+        "Max tolerable LR per scheme and depth, ours beside the paper's Table 1",
+    )
+    detail = [
+        (
+            c.spec.name,
+            c.found.step if c.found else "-",
+            c.found.rule if c.found else "none",
+            f"{c.max_lr:.3g}" if c.found else f">= {c.max_lr:.3g}",
+            c.found.detail if c.found else "healthy to the end",
+        )
+        for c in curves
+    ]
+    report.add(md_table(("run", "divergence step", "rule", "max LR", "detail"), detail))
+    rules = ", ".join(f"{k}={v}" for k, v in sc.divergence.to_dict().items())
+    report.section(
+        "Divergence rules",
+        f"Detector settings at this scale: {rules}.",
+        "See keelctl/repro/divergence.py and docs/repro.md for each rule. Runs stop "
+        "early once a divergence is certain (StopWhenDiverged).",
+    )
+
+
+register(
+    Protocol(
+        name="max-lr",
+        title="maximum tolerable learning rate (Table 1)",
+        claim="Keel tolerates a larger peak learning rate than Pre-LN, DeepNorm and Post-LN, "
+        "at every depth (paper Table 1).",
+        plan=plan,
+        analyse=analyse,
+        callbacks=callbacks,
+    )
+)

@@ -1,0 +1,243 @@
+"""A protocol's plan: the training runs it needs, each a resolved recipe and a run dir; and its
+execution, which trains only what is not finished yet.
+
+Run dirs are named `<label>-<recipe hash>`, so two protocols planning the same recipe under the
+same runs dir share one run (grad-flow and redundancy reuse depth-sweep's runs), and a changed
+recipe never lands in an old run's dir. A run is finished when RUN/summary.json exists (a run
+stopped by the NaN guard or by a protocol's early stop writes one too); a run with
+checkpoints/last.ckpt but no summary is resumed; a run that died before its first checkpoint
+holds nothing worth keeping and starts over.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from keelctl.config import RecipeConfig, apply_overrides, dump_recipe, load_recipe, recipe_from_dict
+from keelctl.errors import KeelError
+from keelctl.repro.scales import Scale
+from keelctl.runs import (
+    CHECKPOINTS,
+    CONFIG_YAML,
+    GRADS_CSV,
+    METRICS_CSV,
+    SUMMARY_JSON,
+    atomic_write_text,
+)
+
+# on_progress(description, done, total): overall progress of a protocol, in training steps
+# (each analysis of a run counts as one more unit).
+OnProgress = Callable[[str, int, int], None]
+# Keys that do not change what a run computes, left out of the recipe hash.
+_HASH_IGNORES = (("name",), ("description",), ("data", "cache_dir"), ("data", "num_workers"))
+# What an interrupted `train` may have left in a run dir before its first checkpoint.
+_RESTARTABLE = {CONFIG_YAML, METRICS_CSV, GRADS_CSV, CHECKPOINTS, "hparams.yaml", "tensorboard"}
+
+
+def _what_counts(data: dict, defaults: dict) -> dict:
+    """The entries of `data` that differ from `defaults`, recursively; a section switched off
+    (enabled: false) counts as its `enabled` alone, since its other settings do nothing."""
+    out = {}
+    for key, value in data.items():
+        default = defaults.get(key)
+        if isinstance(value, dict) and isinstance(default, dict):
+            if value.get("enabled") is False:
+                value = {"enabled": False}
+                default = {"enabled": default.get("enabled")}
+            value = _what_counts(value, default)
+            if value:
+                out[key] = value
+        elif value != default:
+            out[key] = value
+    return out
+
+
+def recipe_hash(recipe: RecipeConfig) -> str:
+    """8 hex digits naming what a recipe computes: its values that differ from the schema's
+    defaults (names and cache paths left out). A key added to the schema later, at a default
+    that changes nothing, keeps old runs' names; a changed default does not, since a saved
+    config.yaml holds the old value explicitly."""
+    data = _what_counts(recipe.model_dump(mode="json"), RecipeConfig().model_dump(mode="json"))
+    for path in _HASH_IGNORES:
+        node = data
+        for key in path[:-1]:
+            node = node.get(key, {})
+        node.pop(path[-1], None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One planned training run and the tags the protocol's analysis groups it by."""
+
+    label: str
+    recipe: RecipeConfig
+    run_dir: Path
+    scheme: str
+    depth: int  # sub-layers
+    seed: int
+    lr: float
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
+
+    @property
+    def finished(self) -> bool:
+        return (self.run_dir / SUMMARY_JSON).is_file()
+
+    def summary(self) -> dict:
+        return json.loads((self.run_dir / SUMMARY_JSON).read_text())
+
+
+@dataclass
+class Outcome:
+    """A run after execution: its summary, and whether this invocation trained it."""
+
+    spec: RunSpec
+    summary: dict
+    trained_now: bool
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+def make_recipe(
+    scale: Scale,
+    overrides: Sequence[str],
+    *,
+    scheme: str,
+    depth: int,
+    seed: int,
+    lr: float,
+    steps: int,
+    warmup_steps: int,
+    **sections: dict,
+) -> RecipeConfig:
+    """The scale's base recipe with this run's scheme, depth, seed and schedule, then the extra
+    `sections` (e.g. trainer=dict(val_every=...)), then the user's --set overrides."""
+    if depth < 2 or depth % 2:
+        raise KeelError(f"depth {depth} sub-layers is not a positive even number (2 per block)")
+    data = copy.deepcopy(scale.recipe)
+    data["seed"] = seed
+    data.setdefault("model", {}).update(residual=scheme, n_blocks=depth // 2)
+    data.setdefault("optim", {}).update(lr=lr, warmup_steps=warmup_steps)
+    data.setdefault("trainer", {}).update(max_steps=steps)
+    for section, values in sections.items():
+        data.setdefault(section, {}).update(values)
+    return recipe_from_dict(apply_overrides(data, list(overrides)), f"--scale {scale.name}")
+
+
+def make_spec(label: str, recipe: RecipeConfig, runs_dir: Path) -> RunSpec:
+    name = f"{label}-{recipe_hash(recipe)}"
+    recipe = recipe.model_copy(update={"name": name})
+    m = recipe.model
+    return RunSpec(
+        label,
+        recipe,
+        Path(runs_dir) / name,
+        m.residual,
+        m.n_sublayers,
+        recipe.seed,
+        recipe.optim.lr,
+    )
+
+
+def unique(specs: Sequence[RunSpec]) -> list[RunSpec]:
+    """Specs in order, each run dir once (protocols may plan the same run twice)."""
+    return list({s.run_dir: s for s in specs}.values())
+
+
+def write_recipes(specs: Sequence[RunSpec], recipes_dir: Path) -> dict[Path, Path]:
+    """Each run's resolved recipe as RECIPES/<run name>.yaml (what `keelctl train` reads)."""
+    paths = {}
+    for spec in specs:
+        path = Path(recipes_dir) / f"{spec.name}.yaml"
+        atomic_write_text(path, dump_recipe(spec.recipe))
+        paths[spec.run_dir] = path
+    return paths
+
+
+def _check_same_recipe(spec: RunSpec) -> None:
+    saved = load_recipe(spec.run_dir / CONFIG_YAML)
+    if recipe_hash(saved) != recipe_hash(spec.recipe):
+        raise KeelError(
+            f"run dir {spec.run_dir} holds a run of another recipe than planned; "
+            "move it away or pass another --runs-dir"
+        )
+
+
+def _clear_interrupted(run_dir: Path) -> None:
+    unknown = sorted(p.name for p in run_dir.iterdir() if p.name not in _RESTARTABLE)
+    if unknown:
+        raise KeelError(
+            f"run dir {run_dir} was interrupted and also holds {', '.join(unknown)}; "
+            "move it away or pass another --runs-dir"
+        )
+    shutil.rmtree(run_dir)
+
+
+class Progress:
+    """Counts a protocol's units (training steps + analyses) and reports them."""
+
+    def __init__(self, total: int, on_progress: OnProgress | None):
+        self.total, self.done, self.on_progress = total, 0, on_progress
+
+    def report(self, description: str, done: int | None = None) -> None:
+        if done is not None:
+            self.done = done
+        if self.on_progress is not None:
+            self.on_progress(description, self.done, self.total)
+
+
+def execute(
+    specs: Sequence[RunSpec],
+    progress: Progress,
+    callbacks: Callable[[RunSpec], list] = lambda spec: [],
+) -> list[Outcome]:
+    """Train every unfinished run (in order) and return every run's Outcome. A run that the
+    NaN guard stopped is an outcome like any other (its summary says status: diverged)."""
+    import logging
+
+    from keelctl.repro.callbacks import StepReporter
+    from keelctl.train import train
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    outcomes = []
+    for spec in specs:
+        if spec.finished:
+            _check_same_recipe(spec)
+            outcomes.append(Outcome(spec, spec.summary(), trained_now=False))
+            continue
+        resume = (spec.run_dir / CHECKPOINTS / "last.ckpt").is_file()
+        if resume:
+            _check_same_recipe(spec)
+        elif spec.run_dir.exists():
+            _clear_interrupted(spec.run_dir)
+        base = progress.done
+        reporter = StepReporter(
+            lambda step, base=base, spec=spec: progress.report(f"training {spec.name}", base + step)
+        )
+        started = time.perf_counter()
+        try:
+            train(
+                spec.recipe,
+                spec.run_dir,
+                resume=resume,
+                progress_bar=False,
+                callbacks=[reporter, *callbacks(spec)],
+            )
+        except KeelError:
+            if not spec.finished:  # a real error, not the NaN guard's stop
+                raise
+        progress.report(f"trained {spec.name}", base + spec.recipe.trainer.max_steps)
+        outcomes.append(
+            Outcome(spec, spec.summary(), trained_now=True, seconds=time.perf_counter() - started)
+        )
+    return outcomes

@@ -1,0 +1,105 @@
+"""DIR/report.md: verdicts, results (tables and figures), runs, exact commands, rules, setup.
+
+Written by the tool from the data; figures are PNGs beside report.md, linked relatively.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from keelctl.repro.verdicts import NOT_AT_SCALE, OPPOSITE, REPRODUCED, Verdict
+from keelctl.runs import atomic_path, atomic_write_text
+
+REPORT_MD = "report.md"
+
+
+def md_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    def cell(v: object) -> str:
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(map(cell, headers)) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(map(cell, row)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def verdict_line(verdicts: Sequence[Verdict]) -> str:
+    """'Verdicts: 2 reproduced, 1 not at this scale, 0 opposite (of 3 claims).'"""
+    counts = {
+        k: sum(v.verdict.startswith(k) for v in verdicts)
+        for k in (REPRODUCED, NOT_AT_SCALE, OPPOSITE)
+    }
+    parts = ", ".join(f"{n} {k}" for k, n in counts.items())
+    return f"**Verdicts: {parts} (of {len(verdicts)} claims).**"
+
+
+def rel(path: Path, start: Path) -> str:
+    """`path` relative to `start` when possible (links inside the report dir stay valid)."""
+    try:
+        return os.path.relpath(path, start)
+    except ValueError:
+        return str(path)
+
+
+class Report:
+    """Collects a protocol's verdicts and result blocks, then renders report.md."""
+
+    def __init__(self, out_dir: Path, title: str, claim: str):
+        self.out_dir, self.title, self.claim = Path(out_dir), title, claim
+        self.verdicts: list[Verdict] = []
+        self.results: list[str] = []
+        self.sections: dict[str, list[str]] = {}
+
+    def add(self, *blocks: str) -> None:
+        self.results.extend(blocks)
+
+    def figure(self, fig: Figure, filename: str, caption: str) -> Path:
+        path = self.out_dir / filename
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        self.add(f"![{caption}]({filename})\n\n*{caption}*")
+        return path
+
+    def section(self, heading: str, *blocks: str) -> None:
+        self.sections.setdefault(heading, []).extend(blocks)
+
+    def render(self) -> str:
+        verdict_rows = [
+            (v.claim, v.paper, v.ours, f"**{v.verdict}**", v.rule) for v in self.verdicts
+        ]
+        parts = [
+            f"# {self.title}",
+            verdict_line(self.verdicts),
+            f"Claim under test: {self.claim}",
+            "## Verdicts",
+            md_table(("claim", "paper", "ours", "verdict", "rule applied"), verdict_rows),
+            "## Results",
+            *self.results,
+        ]
+        for heading, blocks in self.sections.items():
+            parts += [f"## {heading}", *blocks]
+        return "\n\n".join(parts) + "\n"
+
+    def write(self) -> Path:
+        path = self.out_dir / REPORT_MD
+        atomic_write_text(path, self.render())
+        return path
+
+
+def machine() -> str:
+    import torch
+
+    from keelctl import __version__
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (
+        f"keelctl {__version__}, torch {torch.__version__}, Python "
+        f"{platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs "
+        f"({torch.get_num_threads()} torch threads), {device}; "
+        f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}"
+    )

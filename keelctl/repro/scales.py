@@ -1,0 +1,160 @@
+"""The three scales of `keelctl repro`, as data (documented in docs/repro.md).
+
+micro  a few steps of 2- and 4-sub-layer models on any corpus: the tests' scale; its numbers
+       mean nothing.
+cpu    d_model 64 on the Python standard-library sources, byte tokenizer, 16 and 64 sub-layers:
+       each protocol fits 20 minutes on 2 CPU cores with one seed (sized from measured steps:
+       0.17 s at 16 and 0.65 s at 64 sub-layers, one torch thread, batch 16 x 128 tokens).
+gpu    the paper's shapes: d_model 1024 (FFN 3072, 16 heads, 8 KV heads), 1024 x 4096 tokens per
+       step through 8 devices x 4 sequences x 32 accumulation, bf16; 64..1024 sub-layers.
+       Step counts here are ours (the paper trains far longer); plans only are tested.
+
+Depths are in sub-layers (the paper's "layers"); a recipe gets n_blocks = depth / 2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from keelctl.errors import KeelError
+from keelctl.repro.divergence import DivergenceRules
+
+
+@dataclass(frozen=True)
+class Scale:
+    name: str
+    recipe: dict  # base recipe shared by every run (sections model, data, optim, trainer)
+    # depth-sweep (and the grad-flow / redundancy runs, which are the same runs)
+    depths: tuple[int, ...]
+    steps: int  # same for every depth: a fixed token budget
+    lr: float  # the same for every scheme (an equal-LR comparison)
+    # lr-sweep
+    lrs: tuple[float, ...]
+    lr_sweep_depth: int
+    lr_sweep_steps: int
+    # max-lr: LR warmed linearly from 0 to max_lr_peak over max_lr_steps, no decay
+    max_lr_depths: tuple[int, ...]
+    max_lr_steps: int
+    divergence: DivergenceRules
+    max_lr_peak: float = 5e-2
+    # redundancy: evaluation tokens per removal; eval/ablation batch size
+    ablation_tokens: int = 16384
+    eval_batch_size: int = 8
+    seed: int = 0  # seeds are seed, seed + 1, ...
+    max_lr_schemes: tuple[str, ...] = ("post_ln", "deepnorm", "mix_ln", "pre_ln", "keel")
+    grad_schemes: tuple[str, ...] = ("post_ln", "deepnorm", "pre_ln", "keel")
+
+
+_SMALL_MODEL = dict(n_heads=4, n_kv_heads=2, vocab_size=257)
+
+MICRO = Scale(
+    name="micro",
+    recipe=dict(
+        model=dict(d_model=32, max_seq_len=32, **_SMALL_MODEL),
+        data=dict(seq_len=32, batch_size=4, val_tokens=512),
+        optim=dict(min_lr=1e-5),
+        trainer=dict(accelerator="cpu", log_every=1, val_every=4, grad_flow_every=3),
+    ),
+    depths=(2, 4),
+    steps=6,
+    lr=3e-3,
+    lrs=(3e-3, 1e-2),
+    lr_sweep_depth=2,
+    lr_sweep_steps=6,
+    max_lr_depths=(2, 4),
+    max_lr_steps=10,
+    divergence=DivergenceRules(smooth=2, spike_steps=2, plateau_window=4, slow_steps=2),
+    ablation_tokens=256,
+    eval_batch_size=4,
+)
+
+CPU = Scale(
+    name="cpu",
+    recipe=dict(
+        model=dict(d_model=64, max_seq_len=128, **_SMALL_MODEL),
+        data=dict(corpus="builtin:python-stdlib", seq_len=128, batch_size=16, val_tokens=32768),
+        optim=dict(min_lr=3e-5),
+        trainer=dict(accelerator="cpu", log_every=1, val_every=100, grad_flow_every=100),
+    ),
+    depths=(16, 64),
+    steps=300,
+    lr=3e-3,
+    lrs=(1.5e-3, 3e-3, 6e-3),
+    lr_sweep_depth=64,
+    lr_sweep_steps=250,
+    max_lr_depths=(16, 64),
+    max_lr_steps=250,
+    divergence=DivergenceRules(
+        smooth=5,
+        spike_factor=1.5,
+        spike_steps=10,
+        plateau_window=50,
+        plateau_min_drop=0.01,
+        check_after=0.1,
+        slow_factor=1.5,
+        slow_steps=10,
+    ),
+    ablation_tokens=16384,
+    eval_batch_size=16,
+)
+
+GPU = Scale(
+    name="gpu",
+    recipe=dict(
+        model=dict(
+            d_model=1024,
+            ffn_hidden=3072,
+            n_heads=16,
+            n_kv_heads=8,
+            max_seq_len=4096,
+            vocab_size=50304,
+        ),
+        data=dict(
+            corpus="hf:HuggingFaceFW/fineweb-edu:sample-100BT",
+            tokenizer="bpe",
+            vocab_size=50304,
+            seq_len=4096,
+            batch_size=4,
+            val_tokens=1048576,
+        ),
+        optim=dict(min_lr=1e-7),
+        trainer=dict(
+            accelerator="gpu",
+            devices=8,
+            strategy="fsdp",
+            accumulate_grad_batches=32,
+            precision="bf16-mixed",
+            log_every=1,
+            val_every=1000,
+            grad_flow_every=1000,
+        ),
+    ),
+    depths=(64, 128, 512, 1024),
+    steps=20000,
+    lr=3e-3,
+    lrs=(1.5e-3, 3e-3, 6e-3),
+    lr_sweep_depth=512,
+    lr_sweep_steps=20000,
+    max_lr_depths=(64, 512),
+    max_lr_steps=5000,
+    divergence=DivergenceRules(
+        smooth=20,
+        spike_factor=1.5,
+        spike_steps=100,
+        plateau_window=500,
+        plateau_min_drop=0.01,
+        check_after=0.1,
+        slow_factor=1.5,
+        slow_steps=100,
+    ),
+    ablation_tokens=1048576,
+    eval_batch_size=8,
+)
+
+SCALES: dict[str, Scale] = {s.name: s for s in (MICRO, CPU, GPU)}
+
+
+def get_scale(name: str) -> Scale:
+    if name not in SCALES:
+        raise KeelError(f"unknown --scale {name!r}; use one of {', '.join(SCALES)}")
+    return SCALES[name]

@@ -1,0 +1,313 @@
+"""lr-sweep (Table 2) and depth-sweep (Table 3): Keel vs Pre-LN at equal learning rates.
+
+lr-sweep: one depth, each LR of the scale, final validation loss (summary.json: the run's fixed
+validation set). depth-sweep: each depth at one LR and a fixed token budget (same steps and batch
+at every depth), validation perplexity from `keelctl eval` (every held-out token, rolling
+windows). Both schedules: linear warm-up over the first 10% of steps, cosine to min_lr.
+Differences of single-seed losses under TIE nats/token are ties.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from keelctl.analysis.plots import new_figure
+from keelctl.repro import paper
+from keelctl.repro.plan import Outcome, Progress, RunSpec
+from keelctl.repro.protocol import Context, Protocol, register
+from keelctl.repro.report import Report, md_table, rel
+from keelctl.repro.verdicts import claim, fmt_group, mean_std
+from keelctl.runs import METRICS_CSV
+
+SCHEMES = ("pre_ln", "keel")
+TIE = 0.01  # nats/token
+
+
+def train_spec(
+    ctx: Context, scheme: str, depth: int, seed: int, lr: float, steps: int, label: str
+) -> RunSpec:
+    recipe = ctx.recipe(
+        scheme=scheme, depth=depth, seed=seed, lr=lr, steps=steps, warmup_steps=max(1, steps // 10)
+    )
+    return ctx.spec(label, recipe)
+
+
+def depth_sweep_specs(ctx: Context, schemes=SCHEMES) -> list[RunSpec]:
+    """The depth-sweep's runs; grad-flow and redundancy plan the same ones (and share them)."""
+    sc = ctx.scale
+    return [
+        train_spec(ctx, scheme, depth, seed, sc.lr, sc.steps, f"{scheme}-L{depth}-s{seed}")
+        for depth in sc.depths
+        for scheme in schemes
+        for seed in ctx.seeds
+    ]
+
+
+def by(outcomes: list[Outcome], value, **tags) -> list[float]:
+    """value(outcome) of the outcomes whose spec matches every tag (scheme=..., depth=...)."""
+    return [value(o) for o in outcomes if all(getattr(o.spec, k) == v for k, v in tags.items())]
+
+
+def final_loss(o: Outcome) -> float:
+    loss = o.summary.get("final_val_loss")
+    return math.nan if loss is None or o.summary.get("status") == "diverged" else loss
+
+
+def xy_figure(
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    series: dict[str, tuple[list, list, list]],
+    logx: bool = True,
+):
+    """One line per scheme with mean +- std error bars: series[scheme] = (xs, means, stds)."""
+    fig = new_figure()
+    ax = fig.add_subplot()
+    for k, (name, (xs, means, stds)) in enumerate(series.items()):
+        ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, color=f"C{k}", label=name)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    if logx:
+        ax.set_xscale("log")
+        xs = sorted({x for s in series.values() for x in s[0]})
+        ax.set_xticks(xs, [f"{x:g}" for x in xs])
+        ax.minorticks_off()
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return fig
+
+
+def _series(outcomes, value, key: str, keys: list) -> dict:
+    out = {}
+    for scheme in SCHEMES:
+        stats = [
+            mean_std(by(outcomes, value, scheme=scheme, **{key: k}) or [math.nan]) for k in keys
+        ]
+        out[scheme] = (keys, [m for m, _ in stats], [s for _, s in stats])
+    return out
+
+
+# ---- lr-sweep -------------------------------------------------------------------------------
+
+
+def plan_lr_sweep(ctx: Context) -> list[RunSpec]:
+    sc = ctx.scale
+    return [
+        train_spec(
+            ctx,
+            scheme,
+            sc.lr_sweep_depth,
+            seed,
+            lr,
+            sc.lr_sweep_steps,
+            f"{scheme}-L{sc.lr_sweep_depth}-lr{lr:g}-s{seed}",
+        )
+        for lr in sc.lrs
+        for scheme in SCHEMES
+        for seed in ctx.seeds
+    ]
+
+
+def analyse_lr_sweep(
+    ctx: Context, outcomes: list[Outcome], report: Report, progress: Progress
+) -> None:
+    sc = ctx.scale
+    progress.report("lr-sweep: reading summaries", progress.total)
+    rows = []
+    for lr in sc.lrs:
+        keel, pre = (
+            by(outcomes, final_loss, scheme="keel", lr=lr),
+            by(outcomes, final_loss, scheme="pre_ln", lr=lr),
+        )
+        scores = paper.LR_SWEEP.get(lr)
+        paper_text = (
+            f"{paper.LR_SWEEP_DEPTH} layers, avg score keel {scores['keel']} vs "
+            f"pre_ln {scores['pre_ln']}"
+            if scores
+            else "no paper number at this LR"
+        )
+        report.verdicts.append(
+            claim(
+                f"LR {lr:g}, {sc.lr_sweep_depth} sub-layers: Keel reaches a lower validation loss "
+                "than Pre-LN",
+                paper_text,
+                keel,
+                pre,
+                "lower",
+                tie=TIE,
+            )
+        )
+        rows.append(
+            (
+                f"{lr:g}",
+                fmt_group(keel),
+                fmt_group(pre),
+                paper.paper_scores(paper.LR_SWEEP, lr, "keel"),
+                paper.paper_scores(paper.LR_SWEEP, lr, "pre_ln"),
+            )
+        )
+    report.add(
+        f"{sc.lr_sweep_depth} sub-layers, {sc.lr_sweep_steps} steps per run, final validation "
+        "loss in nats/token (lower is better) beside the paper's lm-eval average at "
+        f"{paper.LR_SWEEP_DEPTH} layers (higher is better).",
+        md_table(
+            ("LR", "keel val loss", "pre_ln val loss", "paper keel avg", "paper pre_ln avg"), rows
+        ),
+    )
+    report.figure(
+        xy_figure(
+            f"Final validation loss vs LR ({sc.lr_sweep_depth} sub-layers)",
+            "peak learning rate",
+            "validation loss (nats/token)",
+            _series(outcomes, final_loss, "lr", list(sc.lrs)),
+        ),
+        "val-loss-vs-lr.png",
+        "Validation loss against learning rate (mean ± std)",
+    )
+
+
+# ---- depth-sweep ----------------------------------------------------------------------------
+
+
+def analyse_depth_sweep(
+    ctx: Context, outcomes: list[Outcome], report: Report, progress: Progress
+) -> None:
+    from keelctl.eval.runner import evaluate_runs
+    from keelctl.train.curves import loss_curves
+
+    sc = ctx.scale
+    nll: dict[Path, float] = {}
+    for o in outcomes:
+        progress.report(f"eval {o.spec.name}", progress.done)
+        if o.summary.get("status") == "diverged":
+            nll[o.spec.run_dir] = math.nan
+        else:
+            run = evaluate_runs([o.spec.run_dir], batch_size=sc.eval_batch_size)["runs"][0]
+            nll[o.spec.run_dir] = run["perplexity"]["nll"]
+        progress.report(f"eval {o.spec.name}", progress.done + 1)
+    ctx.commands.append(
+        "keelctl eval "
+        + " ".join(str(o.spec.run_dir) for o in outcomes)
+        + f" --batch-size {sc.eval_batch_size}"
+    )
+
+    def value(o: Outcome) -> float:
+        return nll[o.spec.run_dir]
+
+    rows = []
+    for depth in sc.depths:
+        keel, pre = (
+            by(outcomes, value, scheme="keel", depth=depth),
+            by(outcomes, value, scheme="pre_ln", depth=depth),
+        )
+        scores = paper.DEPTH_SWEEP.get(depth)
+        report.verdicts.append(
+            claim(
+                f"{depth} sub-layers: Keel reaches a lower validation loss (log-perplexity) than "
+                "Pre-LN",
+                f"avg score keel {scores['keel']} vs pre_ln {scores['pre_ln']}"
+                if scores
+                else "no paper number at this depth",
+                keel,
+                pre,
+                "lower",
+                tie=TIE,
+            )
+        )
+        rows.append(
+            (
+                depth,
+                fmt_group(keel),
+                fmt_group([math.exp(v) for v in keel]),
+                fmt_group(pre),
+                fmt_group([math.exp(v) for v in pre]),
+                paper.paper_scores(paper.DEPTH_SWEEP, depth, "keel"),
+                paper.paper_scores(paper.DEPTH_SWEEP, depth, "pre_ln"),
+            )
+        )
+    if len(sc.depths) > 1:
+        lo, hi = sc.depths[0], sc.depths[-1]
+
+        def gains(depth: int) -> list[float]:
+            return [
+                p - k
+                for seed in ctx.seeds
+                for k in by(outcomes, value, scheme="keel", depth=depth, seed=seed)
+                for p in by(outcomes, value, scheme="pre_ln", depth=depth, seed=seed)
+            ]
+
+        report.verdicts.append(
+            claim(
+                f"Keel's advantage (Pre-LN loss - Keel loss, per seed) is larger at {hi} than at "
+                f"{lo} sub-layers",
+                "avg-score gain +1.7 at 64 layers, +3.0 at 1024",
+                gains(hi),
+                gains(lo),
+                "higher",
+                tie=TIE,
+                names=(f"gain@{hi}", f"gain@{lo}"),
+            )
+        )
+    report.add(
+        f"Fixed budget: {sc.steps} steps at every depth, LR {sc.lr:g} for both schemes. "
+        "Validation loss = `keelctl eval` held-out NLL (nats/token) over the run's whole "
+        "validation split; the paper's columns are lm-eval averages (higher is better).",
+        md_table(
+            (
+                "sub-layers",
+                "keel val loss",
+                "keel ppl",
+                "pre_ln val loss",
+                "pre_ln ppl",
+                "paper keel avg",
+                "paper pre_ln avg",
+            ),
+            rows,
+        ),
+    )
+    report.figure(
+        xy_figure(
+            "Validation loss (log-perplexity) vs depth, fixed token budget",
+            "depth (sub-layers)",
+            "validation loss (nats/token)",
+            _series(outcomes, value, "depth", list(sc.depths)),
+        ),
+        "val-loss-vs-depth.png",
+        "Validation loss against depth (mean ± std)",
+    )
+    curves = {
+        f"{o.spec.scheme} L={o.spec.depth} s{o.spec.seed}": o.spec.run_dir / METRICS_CSV
+        for o in outcomes
+    }
+    report.figure(
+        loss_curves(curves, smooth=max(1, sc.steps // 40)),
+        "loss-curves.png",
+        "Training and validation loss of every run",
+    )
+    ctx.commands.append(
+        "keelctl compare-runs "
+        + " ".join(str(o.spec.run_dir) for o in outcomes)
+        + f" --plot {rel(ctx.out / 'loss-curves.png', Path.cwd())}"
+    )
+
+
+register(
+    Protocol(
+        name="lr-sweep",
+        title="Keel vs Pre-LN at equal learning rates (Table 2)",
+        claim="At every learning rate of the sweep Keel trains to a better model than Pre-LN "
+        "(paper Table 2: higher average score at 1.5e-3, 3e-3 and 6e-3, 512 layers).",
+        plan=plan_lr_sweep,
+        analyse=analyse_lr_sweep,
+        analysis_units=lambda specs: 0,
+    )
+)
+register(
+    Protocol(
+        name="depth-sweep",
+        title="Keel vs Pre-LN over depth at a fixed token budget (Table 3)",
+        claim="Keel beats Pre-LN at every depth, and by more at greater depth (paper Table 3).",
+        plan=depth_sweep_specs,
+        analyse=analyse_depth_sweep,
+    )
+)

@@ -1,0 +1,89 @@
+"""Verdicts on the paper's claims, computed from measurements by one stated rule (docs/repro.md).
+
+A claim says "A's number is better than B's" (A is Keel, or Pre-LN against Post-LN) on one number
+per seed (a max LR, a validation loss, a gradient ratio), where higher or lower is better:
+
+  - two or more seeds on each side: the intervals mean +- std (sample std) of the two groups.
+    Disjoint and in the claim's direction: "reproduced"; disjoint against it: "opposite";
+    overlapping: "not at this scale".
+  - one seed on a side: the two means. A difference within the tie band `tie` (an absolute
+    amount, stated with each claim): "not at this scale"; otherwise by direction, and the
+    verdict says "(single seed)".
+  - a missing or non-finite number on either side: "not at this scale (no data)".
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+REPRODUCED, NOT_AT_SCALE, OPPOSITE = "reproduced", "not at this scale", "opposite"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One claim's row in a report: what the paper says, what we measured, and the verdict."""
+
+    claim: str
+    paper: str
+    ours: str
+    verdict: str
+    rule: str
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    m = statistics.fmean(values)
+    return m, (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def fmt_group(values: Sequence[float], fmt: str = ".4g") -> str:
+    """'3.2' for one seed, '3.2 ± 0.1 (n=3)' for several."""
+    if not values:
+        return "n/a"
+    m, s = mean_std(values)
+    return f"{m:{fmt}}" if len(values) == 1 else f"{m:{fmt}} ± {s:{fmt}} (n={len(values)})"
+
+
+def compare(
+    a: Sequence[float], b: Sequence[float], better: Literal["higher", "lower"], tie: float = 0.0
+) -> tuple[str, str]:
+    """(verdict, reason) for the claim "A's number is better than B's"."""
+    if not a or not b or not all(math.isfinite(v) for v in [*a, *b]):
+        return NOT_AT_SCALE + " (no data)", "a number is missing or not finite"
+    sign = 1.0 if better == "higher" else -1.0
+    (mk, sk), (mb, sb) = mean_std(a), mean_std(b)
+    if len(a) > 1 and len(b) > 1:
+        gap = sign * (mk - mb)
+        if gap > sk + sb:
+            return REPRODUCED, "mean ± std intervals disjoint"
+        if -gap > sk + sb:
+            return OPPOSITE, "mean ± std intervals disjoint"
+        return NOT_AT_SCALE, "mean ± std intervals overlap"
+    diff = sign * (mk - mb)
+    if abs(diff) <= tie:
+        return (
+            NOT_AT_SCALE + " (single seed)",
+            f"difference {abs(mk - mb):.3g} within tie {tie:.3g}",
+        )
+    verdict = REPRODUCED if diff > 0 else OPPOSITE
+    return verdict + " (single seed)", f"difference {abs(mk - mb):.3g} beyond tie {tie:.3g}"
+
+
+def claim(
+    text: str,
+    paper: str,
+    a: Sequence[float],
+    b: Sequence[float],
+    better: Literal["higher", "lower"],
+    tie: float = 0.0,
+    fmt: str = ".4g",
+    names: tuple[str, str] = ("keel", "pre_ln"),
+) -> Verdict:
+    """A Verdict row for "A better than B" (see the module docstring for the rule)."""
+    verdict, reason = compare(a, b, better, tie)
+    ours = f"{names[0]} {fmt_group(a, fmt)} vs {names[1]} {fmt_group(b, fmt)}"
+    return Verdict(text, paper, ours, verdict, f"{better} is better; {reason}")

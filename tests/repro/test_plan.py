@@ -1,0 +1,53 @@
+"""Plans: recipe resolution, the recipe hash that names run dirs, and shared runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from keelctl.errors import KeelError
+from keelctl.repro import make_context, plan_protocol
+from keelctl.repro.plan import make_recipe, recipe_hash
+from keelctl.repro.scales import CPU
+
+
+def recipe(*overrides: str, **kw):
+    args = dict(scheme="keel", depth=16, seed=0, lr=3e-3, steps=10, warmup_steps=1) | kw
+    return make_recipe(CPU, list(overrides), **args)
+
+
+def test_recipe_hash_counts_what_a_run_computes():
+    base = recipe_hash(recipe())
+    assert recipe_hash(recipe("data.cache_dir=/elsewhere", "name=other")) == base
+    # keys at their schema default (as a newer schema adds them), or inside a switched-off
+    # section, change nothing; a changed value does
+    assert recipe_hash(recipe("optim.weight_decay=0.01", "trainer.compile=false")) == base
+    assert recipe_hash(recipe("trainer.spike_rollback.factor=9")) == base
+    assert recipe_hash(recipe("optim.weight_decay=0.02")) != base
+    for change in (dict(lr=6e-3), dict(seed=1), dict(depth=64), dict(scheme="pre_ln")):
+        assert recipe_hash(recipe(**change)) != base
+    m = recipe().model
+    assert (m.n_blocks, m.n_sublayers, m.residual) == (8, 16, "keel")
+
+
+def test_cpu_plans_share_the_depth_sweep_runs(tmp_path):
+    def dirs(protocol):
+        return {
+            s.run_dir
+            for s in plan_protocol(
+                make_context(protocol, "cpu", 1, tmp_path / protocol, tmp_path / "runs")
+            )
+        }
+
+    sweep = dirs("depth-sweep")
+    assert len(sweep) == 4 and dirs("redundancy") == sweep
+    assert sweep < dirs("grad-flow") and len(dirs("grad-flow")) == 8
+    assert not dirs("max-lr") & sweep
+
+
+def test_bad_depth_and_overrides_are_one_line_errors():
+    with pytest.raises(KeelError, match="even"):
+        make_recipe(CPU, [], scheme="keel", depth=3, seed=0, lr=1e-3, steps=1, warmup_steps=0)
+    with pytest.raises(KeelError, match="unknown key 'optim.lrr'"):
+        make_recipe(
+            CPU, ["optim.lrr=1"], scheme="keel", depth=2, seed=0, lr=1e-3, steps=1, warmup_steps=0
+        )

@@ -1,0 +1,191 @@
+"""Each protocol end to end at micro scale (a few steps on the tiny corpus), resumability, and
+the paper-scale plans (planned, never trained)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from keelctl.cli import app
+from keelctl.errors import KeelError
+from keelctl.repro import make_context, plan_protocol, run_protocol
+from keelctl.runs import SUMMARY_JSON, config_hash
+
+VERDICT_LINE = re.compile(
+    r"^\*\*Verdicts: (\d+) reproduced, (\d+) not at this scale, "
+    r"(\d+) opposite \(of (\d+) claims\)\.\*\*$",
+    re.M,
+)
+
+
+def verdict_rows(report: str) -> list[str]:
+    section = report.split("## Verdicts", 1)[1].split("## Results", 1)[0]
+    return [line for line in section.splitlines() if line.startswith("| ") and "**" in line]
+
+
+def check_report(path, n_claims: int) -> str:
+    text = path.read_text()
+    m = VERDICT_LINE.search(text)
+    assert m, text[:500]
+    assert sum(map(int, m.groups()[:3])) == int(m[4]) == n_claims == len(verdict_rows(text))
+    for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
+        assert (path.parent / image).stat().st_size > 1000
+    return text
+
+
+def test_depth_sweep_cli_end_to_end(depth_sweep_report, shared_runs):
+    report, result = depth_sweep_report
+    assert result.exit_code == 0, result.output
+    assert "Verdicts:" in result.output
+    text = check_report(report, n_claims=3)  # 2 depths + "gain grows with depth"
+    runs = sorted(p for p in shared_runs.iterdir() if (p / SUMMARY_JSON).is_file())
+    assert len(runs) == 4
+    plan = plan_protocol(
+        make_context("depth-sweep", "micro", 1, report.parent, shared_runs, _overrides(text))
+    )
+    for spec in plan:
+        assert config_hash(spec.recipe.model) in text
+        recipe = report.parent / "recipes" / f"{spec.name}.yaml"
+        assert f"keelctl train {recipe} --run-dir {spec.run_dir}" in text
+        assert recipe.is_file()
+    assert {(s.scheme, s.depth) for s in plan} == {
+        (k, d) for k in ("keel", "pre_ln") for d in (2, 4)
+    }
+    assert text.count("trained now") == 4
+
+
+def _overrides(report: str) -> list[str]:
+    line = next(x for x in report.splitlines() if x.startswith("keelctl repro"))
+    return re.findall(r"--set (\S+)", line)
+
+
+def test_second_invocation_skips_finished_runs(depth_sweep_report, shared_runs, micro_overrides):
+    report, _ = depth_sweep_report
+    stamps = {p: (p / SUMMARY_JSON).stat().st_mtime_ns for p in shared_runs.iterdir()}
+    run_protocol("depth-sweep", "micro", 1, report.parent, shared_runs, micro_overrides)
+    assert {p: (p / SUMMARY_JSON).stat().st_mtime_ns for p in stamps} == stamps
+    text = report.read_text()
+    assert text.count("reused") == 4 and "trained now" not in text
+
+
+def test_lr_sweep_end_to_end_resumes_interrupted_runs(tmp_path, micro_overrides):
+    """A run killed after its first checkpoint resumes from it; one killed before any
+    checkpoint starts over; a run dir holding foreign files is left alone."""
+    import lightning as L
+
+    from keelctl.train import train
+
+    class Crash(L.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == 5:
+                raise RuntimeError("killed")
+
+    ctx = make_context("lr-sweep", "micro", 1, tmp_path / "out", tmp_path / "runs", micro_overrides)
+    first, second, *_ = plan_protocol(ctx)
+    with pytest.raises(RuntimeError, match="killed"):  # val_every 4: last.ckpt at step 4
+        train(first.recipe, first.run_dir, progress_bar=False, callbacks=[Crash()])
+    second.run_dir.mkdir(parents=True)
+    (second.run_dir / "config.yaml").write_text("interrupted before any checkpoint\n")
+    run_protocol("lr-sweep", "micro", 1, ctx.out, ctx.runs_dir, micro_overrides)
+    resumed = first.summary()
+    assert resumed["resumed_from_step"] == 4 and resumed["steps"] == 6
+    assert second.summary()["steps"] == 6 and second.summary()["resumed_from_step"] is None
+    check_report(ctx.out / "report.md", n_claims=2)  # one claim per LR
+
+    (second.run_dir / SUMMARY_JSON).unlink()
+    (second.run_dir / "checkpoints" / "last.ckpt").unlink()
+    (second.run_dir / "notes.txt").write_text("mine")
+    with pytest.raises(KeelError, match="notes.txt"):
+        run_protocol("lr-sweep", "micro", 1, ctx.out, ctx.runs_dir, micro_overrides)
+
+
+def test_max_lr_end_to_end(tmp_path, micro_overrides):
+    report = run_protocol("max-lr", "micro", 1, tmp_path, None, micro_overrides)
+    text = check_report(report, n_claims=3 * 2)  # 3 baselines x 2 depths
+    ctx = make_context("max-lr", "micro", 1, tmp_path, None, micro_overrides)
+    specs = plan_protocol(ctx)
+    assert len(specs) == 5 * 2
+    for spec in specs:  # the LR ramps linearly from 0 to 5e-2 over the run, no decay
+        with open(spec.run_dir / "metrics.csv") as f:
+            lrs = {int(r["step"]): float(r["lr"]) for r in csv.DictReader(f) if r["lr"]}
+        assert all(lr == pytest.approx(5e-2 * (s + 1) / 10, rel=1e-5) for s, lr in lrs.items())
+    assert "Divergence rules" in text and "paper, 512 layers" in text
+
+
+def test_several_seeds_report_mean_and_std(
+    depth_sweep_report, tmp_path, shared_runs, micro_overrides
+):
+    report = run_protocol("depth-sweep", "micro", 2, tmp_path, shared_runs, micro_overrides)
+    text = check_report(report, n_claims=3)
+    assert text.count("(n=2)") >= 4  # keel and pre_ln at both depths: mean ± std
+    assert "single seed" not in text.split("## Results")[0]
+    assert text.count("reused") == 4 and text.count("trained now") == 4  # seed 0 is shared
+
+
+def test_grad_flow_reuses_depth_sweep_runs(
+    depth_sweep_report, tmp_path, shared_runs, micro_overrides
+):
+    report = run_protocol("grad-flow", "micro", 1, tmp_path, shared_runs, micro_overrides)
+    text = check_report(report, n_claims=2 * 2 * 2)  # depths x (init, trained) x baselines
+    rows = [line for line in text.split("## Runs")[1].splitlines() if line.startswith("| ")]
+    assert sum("reused" in r for r in rows) == 4  # keel + pre_ln at 2 depths
+    assert sum("trained now" in r for r in rows) == 4  # post_ln + deepnorm at 2 depths
+    data = json.loads((tmp_path / "grad-flow-L4.json").read_text())
+    assert {r["scheme"] for r in data["runs"]} == {"post_ln", "deepnorm", "pre_ln", "keel"}
+
+
+def test_redundancy_end_to_end(depth_sweep_report, tmp_path, shared_runs, micro_overrides):
+    report = run_protocol("redundancy", "micro", 1, tmp_path, shared_runs, micro_overrides)
+    check_report(report, n_claims=1 + 2 + 1)  # first block, shallow per depth, trend
+    with open(tmp_path / "ablation-L4" / "ablation.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["scheme"] for r in rows} == {"keel", "pre_ln"}
+    assert sum(r["kind"] != "full" for r in rows) == 2 * 4  # every sub-layer of both runs
+
+
+@pytest.mark.parametrize(
+    "protocol", ["max-lr", "lr-sweep", "depth-sweep", "grad-flow", "redundancy"]
+)
+def test_gpu_scale_plans_use_the_papers_shapes(protocol, tmp_path):
+    specs = plan_protocol(make_context(protocol, "gpu", 3, tmp_path))
+    for spec in specs:
+        m, r = spec.recipe.model, spec.recipe
+        assert (m.d_model, m.hidden, m.n_heads, m.kv_heads) == (1024, 3072, 16, 8)
+        assert r.sequences_per_step * r.data.seq_len == 1024 * 4096
+        assert r.trainer.precision == "bf16-mixed" and r.optim.betas == (0.9, 0.95)
+        assert not spec.finished and not spec.run_dir.exists()
+    assert {s.seed for s in specs} == {0, 1, 2}
+    depths = {s.depth for s in specs}
+    if protocol == "max-lr":
+        assert depths == {64, 512} and len(specs) == 5 * 2 * 3
+        assert all(
+            s.recipe.optim.lr == 5e-2
+            and s.recipe.optim.warmup_steps == s.recipe.trainer.max_steps == 5000
+            for s in specs
+        )
+    elif protocol == "lr-sweep":
+        assert depths == {512} and {s.lr for s in specs} == {1.5e-3, 3e-3, 6e-3}
+    else:
+        assert depths == {64, 128, 512, 1024}
+
+
+def test_plan_cli_and_bad_arguments(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(
+        app, ["repro", "depth-sweep", "--scale", "gpu", "--plan", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 0 and "1024" in result.output
+    assert not any(tmp_path.iterdir())  # a plan writes nothing
+    for args, message in (
+        (["nope"], "unknown protocol"),
+        (["max-lr", "--scale", "tpu"], "unknown --scale"),
+        (["max-lr", "--seeds", "0"], "--seeds must be at least 1"),
+        (["max-lr", "--plan", "--set", "model.d_model=-1"], "d_model"),
+    ):
+        result = runner.invoke(app, ["repro", *args, "--out", str(tmp_path)])
+        assert result.exit_code == 2 and message in result.output
+        assert "Traceback" not in result.output
