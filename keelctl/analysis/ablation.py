@@ -271,14 +271,9 @@ def data_settings(runs: Sequence[Path], data: str | None) -> list:
 
 def eval_tokens(d, tokenizer) -> np.ndarray:
     """The validation tokens of DataConfig `d` under the run's tokenizer (token cache)."""
-    from keelctl.data import prepare_tokens
+    from keelctl.data import prepare_data_section
 
-    same = d.model_dump(
-        include={"vocab_size", "val_fraction", "text_field", "max_bytes", "cache_dir"}
-    )
-    return prepare_tokens(
-        d.corpus, tokenizer.kind, hf_split=d.split, tokenizer=tokenizer, **same
-    ).val
+    return prepare_data_section(d, tokenizer).val
 
 
 def ablate(

@@ -163,19 +163,10 @@ def measure_grad_flow(
 
 def recipe_batches(recipe: RecipeConfig, n_batches: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The first n_batches training batches of the recipe's data (its seed, seq_len, batch)."""
-    from keelctl.data import TrainWindows, prepare_tokens
+    from keelctl.data import TrainWindows, prepare_data_section
 
     d = recipe.data
-    data = prepare_tokens(
-        d.corpus,
-        d.tokenizer,
-        vocab_size=d.vocab_size,
-        val_fraction=d.val_fraction,
-        text_field=d.text_field,
-        hf_split=d.split,
-        max_bytes=d.max_bytes,
-        cache_dir=d.cache_dir,
-    )
+    data = prepare_data_section(d)
     windows = TrainWindows(data.train, d.seq_len, recipe.seed, n_batches * d.batch_size)
     return [
         default_collate([windows[b * d.batch_size + j] for j in range(d.batch_size)])

@@ -55,7 +55,10 @@ def load_documents(
     if split not in SPLITS:
         raise KeelError(f"unknown split {split!r}; use 'train' or 'val'")
     splits = load_splits(
-        spec, val_fraction=val_fraction, text_field=text_field, hf_split=hf_split,
+        spec,
+        val_fraction=val_fraction,
+        text_field=text_field,
+        hf_split=hf_split,
         max_bytes=max_bytes,
     )
     return splits.train if split == "train" else splits.val
@@ -81,8 +84,9 @@ def load_splits(
     if spec.startswith("hf:"):
         from keelctl.data.hf_corpus import load_hf_splits
 
-        train, val = load_hf_splits(spec[3:], text_field=text_field, hf_split=hf_split,
-                                    max_bytes=max_bytes)
+        train, val = load_hf_splits(
+            spec[3:], text_field=text_field, hf_split=hf_split, max_bytes=max_bytes
+        )
         train = _nonempty(cap_bytes(train, max_bytes), spec)
         if val is None:
             splits = split_documents(train, val_fraction)
@@ -120,7 +124,8 @@ def python_stdlib_documents() -> list[tuple[str, str]]:
     """Every *.py under the interpreter's stdlib folder, tests included, packages excluded."""
     root = Path(sysconfig.get_paths()["stdlib"])
     files = [
-        p for p in root.rglob("*.py")
+        p
+        for p in root.rglob("*.py")
         if not {"site-packages", "dist-packages"} & set(p.relative_to(root).parts)
     ]
     return [(p.relative_to(root).as_posix(), read_text(p)) for p in sorted(files)]
@@ -151,8 +156,10 @@ def _resolve_local(spec: str) -> tuple[Path, list[Path]]:
 
 def _walk_text_files(root: Path) -> list[Path]:
     return sorted(
-        p for p in root.rglob("*")
-        if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES
+        p
+        for p in root.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in TEXT_SUFFIXES
         and not any(part.startswith(".") for part in p.relative_to(root).parts)
     )
 
@@ -230,4 +237,3 @@ def _split_inside(text: str, val_fraction: float) -> CorpusSplits:
     if line_start > 0 and cut - line_start <= len(text) - cut:  # at most doubles val
         cut = line_start
     return CorpusSplits(train=[text[:cut]], val=[text[cut:]])
-

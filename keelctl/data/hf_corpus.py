@@ -55,9 +55,7 @@ def _load(name: str, config: str | None):
     import datasets
 
     path = Path(name)
-    saved = path.is_dir() and any(
-        (path / f).is_file() for f in ("state.json", "dataset_dict.json")
-    )
+    saved = path.is_dir() and any((path / f).is_file() for f in ("state.json", "dataset_dict.json"))
     try:
         if saved:
             loaded = datasets.load_from_disk(str(path))

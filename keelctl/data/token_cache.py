@@ -64,8 +64,12 @@ def prepare_tokens(
     documents with vocab_size. A given tokenizer (e.g. a run's, for evaluation) is used as is."""
     if tokenizer is None:
         _check_tokenizer_args(tokenizer_kind, vocab_size)
-    params = {"val_fraction": val_fraction, "text_field": text_field, "hf_split": hf_split,
-              "max_bytes": max_bytes}
+    params = {
+        "val_fraction": val_fraction,
+        "text_field": text_field,
+        "hf_split": hf_split,
+        "max_bytes": max_bytes,
+    }
     splits = load_splits(spec, **params)
     if tokenizer is not None:
         identity = tokenizer.to_dict()
@@ -137,8 +141,12 @@ def _build_tokenizer(kind: str, vocab_size: int | None, train_docs: list[str]) -
 def _build(folder: Path, splits: CorpusSplits, tokenizer: Tokenizer, meta: dict) -> None:
     """Write the cache folder under a temporary name, then rename it into place."""
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32)
-    meta.update(tokenizer=tokenizer.kind, vocab_size=tokenizer.vocab_size,
-                eot_id=tokenizer.eot_id, dtype=dtype.name)
+    meta.update(
+        tokenizer=tokenizer.kind,
+        vocab_size=tokenizer.vocab_size,
+        eot_id=tokenizer.eot_id,
+        dtype=dtype.name,
+    )
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         for name in SPLITS:
@@ -215,5 +223,22 @@ def _open(folder: Path, key: str, tokenizer: Tokenizer | None) -> PreparedData |
             tokenizer = tokenizer_from_dict(json.loads((folder / "tokenizer.json").read_text()))
     except (OSError, ValueError, KeyError):
         return None
-    return PreparedData(tokenizer=tokenizer, train=arrays["train"], val=arrays["val"],
-                        meta=meta, path=folder)
+    return PreparedData(
+        tokenizer=tokenizer, train=arrays["train"], val=arrays["val"], meta=meta, path=folder
+    )
+
+
+def prepare_data_section(d, tokenizer: Tokenizer | None = None) -> PreparedData:
+    """prepare_tokens for a recipe's `data` section (any object with DataConfig's fields;
+    data/ does not import the config schema)."""
+    return prepare_tokens(
+        d.corpus,
+        d.tokenizer,
+        vocab_size=d.vocab_size,
+        val_fraction=d.val_fraction,
+        text_field=d.text_field,
+        hf_split=d.split,
+        max_bytes=d.max_bytes,
+        cache_dir=d.cache_dir,
+        tokenizer=tokenizer,
+    )

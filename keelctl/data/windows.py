@@ -30,8 +30,9 @@ class _MemmapByName:
     def __setstate__(self, state: dict) -> None:
         if isinstance(state["tokens"], tuple):
             filename, dtype, offset, shape = state["tokens"]
-            state["tokens"] = np.memmap(filename, dtype=np.dtype(dtype), mode="r",
-                                        offset=offset, shape=shape)
+            state["tokens"] = np.memmap(
+                filename, dtype=np.dtype(dtype), mode="r", offset=offset, shape=shape
+            )
         self.__dict__.update(state)
 
 
@@ -62,7 +63,6 @@ class TrainWindows(_MemmapByName, Dataset):
         if not 0 <= i < self.length:
             raise IndexError(f"window {i} out of range for {self.length} windows")
         return _pair(self.tokens, self.start(i), self.seq_len)
-
 
 
 class ValWindows(_MemmapByName, Dataset):
@@ -97,9 +97,6 @@ class ValWindows(_MemmapByName, Dataset):
         return _pair(self.tokens, i * self.seq_len, self.seq_len)
 
 
-
 def _pair(tokens: np.ndarray, start: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     chunk = torch.from_numpy(np.array(tokens[start : start + seq_len + 1], dtype=np.int64))
     return chunk[:-1], chunk[1:]
-
-

@@ -24,7 +24,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from keelctl.config import RecipeConfig, dump_recipe
-from keelctl.data import PreparedData, prepare_tokens
+from keelctl.data import PreparedData, prepare_data_section
 from keelctl.errors import KeelError
 from keelctl.model import count_parameters
 from keelctl.runs import (
@@ -226,18 +226,7 @@ class _Fit:
 
 
 def _prepare_data(recipe: RecipeConfig, tokenizer) -> PreparedData:
-    d = recipe.data
-    data = prepare_tokens(
-        d.corpus,
-        d.tokenizer,
-        vocab_size=d.vocab_size,
-        val_fraction=d.val_fraction,
-        text_field=d.text_field,
-        hf_split=d.split,
-        max_bytes=d.max_bytes,
-        cache_dir=d.cache_dir,
-        tokenizer=tokenizer,
-    )
+    data = prepare_data_section(recipe.data, tokenizer)
     if data.tokenizer.vocab_size > recipe.model.vocab_size:
         raise KeelError(
             f"the tokenizer has {data.tokenizer.vocab_size} ids but model.vocab_size is "
