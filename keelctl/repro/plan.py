@@ -15,9 +15,8 @@ import copy
 import hashlib
 import json
 import shutil
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from keelctl.config import RecipeConfig, apply_overrides, dump_recipe, load_recipe, recipe_from_dict
@@ -77,7 +76,6 @@ def recipe_hash(recipe: RecipeConfig) -> str:
 class RunSpec:
     """One planned training run and the tags the protocol's analysis groups it by."""
 
-    label: str
     recipe: RecipeConfig
     run_dir: Path
     scheme: str
@@ -104,8 +102,6 @@ class Outcome:
     spec: RunSpec
     summary: dict
     trained_now: bool
-    seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
 
 
 def make_recipe(
@@ -139,13 +135,7 @@ def make_spec(label: str, recipe: RecipeConfig, runs_dir: Path) -> RunSpec:
     recipe = recipe.model_copy(update={"name": name})
     m = recipe.model
     return RunSpec(
-        label,
-        recipe,
-        Path(runs_dir) / name,
-        m.residual,
-        m.n_sublayers,
-        recipe.seed,
-        recipe.optim.lr,
+        recipe, Path(runs_dir) / name, m.residual, m.n_sublayers, recipe.seed, recipe.optim.lr
     )
 
 
@@ -224,7 +214,6 @@ def execute(
         reporter = StepReporter(
             lambda step, base=base, spec=spec: progress.report(f"training {spec.name}", base + step)
         )
-        started = time.perf_counter()
         try:
             train(
                 spec.recipe,
@@ -237,7 +226,5 @@ def execute(
             if not spec.finished:  # a real error, not the NaN guard's stop
                 raise
         progress.report(f"trained {spec.name}", base + spec.recipe.trainer.max_steps)
-        outcomes.append(
-            Outcome(spec, spec.summary(), trained_now=True, seconds=time.perf_counter() - started)
-        )
+        outcomes.append(Outcome(spec, spec.summary(), trained_now=True))
     return outcomes

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import shlex
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -165,6 +166,8 @@ def run_protocol(
         "Rules",
         "How each verdict is decided (keelctl/repro/verdicts.py):",
         "```text\n" + VERDICT_RULE.strip() + "\n```",
+        f"How this protocol measures ({proto.analyse.__module__.replace('.', '/')}.py):",
+        "```text\n" + (sys.modules[proto.analyse.__module__].__doc__ or "").strip() + "\n```",
     )
     timing = dict(
         trained_s=trained_s, analysis_s=analysis_s, load=(load_at_start, os.getloadavg()[0])

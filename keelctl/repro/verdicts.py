@@ -1,7 +1,8 @@
 """Verdicts on the paper's claims, computed from measurements by one stated rule (docs/repro.md).
 
-A claim says "A's number is better than B's" (A is Keel, or Pre-LN against Post-LN) on one number
-per seed (a max LR, a validation loss, a gradient ratio), where higher or lower is better:
+A claim says "A's number is better than B's" (A is Keel, B a baseline, or for depth-sweep's
+gain, the deepest depth against the shallowest) on one number per seed (a max LR, a validation
+loss, a gradient ratio), where higher or lower is better:
 
   - two or more seeds on each side: the intervals mean +- std (sample std) of the two groups.
     Disjoint and in the claim's direction: "reproduced"; disjoint against it: "opposite";

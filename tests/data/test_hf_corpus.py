@@ -40,10 +40,12 @@ def test_saved_dataset_is_split_by_held_out_fraction(offline, tmp_path):
 
 
 def test_saved_dataset_dict_uses_its_validation_split(offline, tmp_path):
-    dd = datasets.DatasetDict({
-        "train": datasets.Dataset.from_dict({"story": _texts(30, "train")}),
-        "validation": datasets.Dataset.from_dict({"story": _texts(4, "val")}),
-    })
+    dd = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict({"story": _texts(30, "train")}),
+            "validation": datasets.Dataset.from_dict({"story": _texts(4, "val")}),
+        }
+    )
     dd.save_to_disk(tmp_path / "dd")
     spec = f"hf:{tmp_path / 'dd'}"
     assert load_documents(spec, "train", text_field="story") == _texts(30, "train")

@@ -90,8 +90,9 @@ def test_default_cache_dir_from_env(tiny_corpus, tmp_path, monkeypatch):
 
 
 def test_bpe_trains_round_trips_and_is_cached(tiny_corpus, tmp_path, monkeypatch):
-    p = prepare_tokens(str(tiny_corpus), "bpe", vocab_size=400, val_fraction=0.1,
-                       cache_dir=tmp_path)
+    p = prepare_tokens(
+        str(tiny_corpus), "bpe", vocab_size=400, val_fraction=0.1, cache_dir=tmp_path
+    )
     # At most vocab_size: training stops early when the corpus has no more pairs to merge.
     assert isinstance(p.tokenizer, BPETokenizer) and 300 < p.tokenizer.vocab_size <= 400
     assert p.meta["vocab_size"] == p.tokenizer.vocab_size
@@ -106,25 +107,30 @@ def test_bpe_trains_round_trips_and_is_cached(tiny_corpus, tmp_path, monkeypatch
         raise AssertionError("BPE retrained although it was cached")
 
     monkeypatch.setattr(BPETokenizer, "train", no_training)
-    again = prepare_tokens(str(tiny_corpus), "bpe", vocab_size=400, val_fraction=0.1,
-                           cache_dir=tmp_path)
+    again = prepare_tokens(
+        str(tiny_corpus), "bpe", vocab_size=400, val_fraction=0.1, cache_dir=tmp_path
+    )
     assert again.path == p.path and again.tokenizer.to_dict() == p.tokenizer.to_dict()
     np.testing.assert_array_equal(again.val, p.val)
 
 
 def test_given_tokenizer_is_used_as_is(tiny_corpus, tmp_path):
-    trained = prepare_tokens(str(tiny_corpus), "bpe", vocab_size=300, val_fraction=0.1,
-                             cache_dir=tmp_path)
+    trained = prepare_tokens(
+        str(tiny_corpus), "bpe", vocab_size=300, val_fraction=0.1, cache_dir=tmp_path
+    )
     tok = BPETokenizer.train(["completely different text " * 50], 280)
     p = prepare_tokens(str(tiny_corpus), val_fraction=0.1, cache_dir=tmp_path, tokenizer=tok)
     assert p.tokenizer is tok and p.meta["vocab_size"] == tok.vocab_size
     assert p.meta["hash"] != trained.meta["hash"]
-    assert p.val.tolist() == sum((tok.encode(t) + [tok.eot_id] for t in
-                                  load_splits(str(tiny_corpus), val_fraction=0.1).val), [])
+    assert p.val.tolist() == sum(
+        (tok.encode(t) + [tok.eot_id] for t in load_splits(str(tiny_corpus), val_fraction=0.1).val),
+        [],
+    )
     # A byte tokenizer given explicitly shares the cache of tokenizer_kind "byte".
     by_kind = prepare_tokens(str(tiny_corpus), val_fraction=0.1, cache_dir=tmp_path)
-    given = prepare_tokens(str(tiny_corpus), val_fraction=0.1, cache_dir=tmp_path,
-                           tokenizer=ByteTokenizer())
+    given = prepare_tokens(
+        str(tiny_corpus), val_fraction=0.1, cache_dir=tmp_path, tokenizer=ByteTokenizer()
+    )
     assert given.path == by_kind.path
 
 
@@ -135,8 +141,9 @@ def test_large_vocabulary_uses_uint32(tiny_corpus, tmp_path):
         def to_dict(self):
             return {"kind": "wide-test"}
 
-    p = prepare_tokens(str(tiny_corpus), val_fraction=0.1, cache_dir=tmp_path,
-                       tokenizer=WideBytes())
+    p = prepare_tokens(
+        str(tiny_corpus), val_fraction=0.1, cache_dir=tmp_path, tokenizer=WideBytes()
+    )
     assert p.train.dtype == np.uint32 and p.train[-1] == 69_999
     assert json.loads((p.path / "meta.json").read_text())["dtype"] == "uint32"
 
