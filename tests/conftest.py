@@ -9,9 +9,15 @@ import torch
 
 # Vanishing gradients fill tensors with subnormals on CPU, which slowed runs 8x here.
 torch.set_flush_denormal(True)
-# Tiny models: one thread avoids OpenMP spin-waiting, which made them 20-40x slower on
-# busy 2-core machines.
-torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from a second thread, and on a busy 2-core machine OpenMP's
+    spin-waiting made them 20-60x slower; restored in case a test (bench) changes it."""
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(1)
 
 
 @pytest.fixture

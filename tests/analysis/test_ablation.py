@@ -27,16 +27,6 @@ from keelctl.model import RESIDUALS, ModelConfig, build_model
 N_BLOCKS = 3  # 6 sub-layers
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: one thread is fastest, and on a busy machine two spinning
-    OpenMP threads made each test 20x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_model(residual: str):
     """float64; mix_ln gets 1 Post-LN and 2 Pre-LN blocks; init_std 0.5 so that every
     sub-layer visibly changes the output (at 0.02 an untrained one barely does)."""

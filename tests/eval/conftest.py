@@ -24,16 +24,6 @@ def byte_tokenizer():
     return ByteTokenizer()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy machine OpenMP spin-waits made
-    these tests 30x slower with two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class NextByteLM(nn.Module):
     """Predicts byte b + 1 after byte b with certainty, 'a' after end-of-text (256) and
     end-of-text after '~'."""

@@ -7,16 +7,6 @@ import pytest
 import torch
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Micro models gain nothing from a second thread, and on a shared 2-core machine OpenMP's
-    spinning threads made each step ~60x slower than one thread (measured: 0.85 s vs 0.013 s)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def micro_overrides(tiny_corpus, tmp_path_factory):
     cache = tmp_path_factory.mktemp("repro-cache")

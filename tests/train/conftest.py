@@ -9,18 +9,6 @@ import pytest
 TINY_KEEL = Path(__file__).resolve().parents[2] / "recipes" / "tiny-keel.yaml"
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models train 20-40x faster on one thread than on two when the cores are shared
-    (spinning OpenMP threads wait on each other); restored afterwards."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def tiny_sets(tiny_train_sets, tmp_path):
     """make(*extra, max_steps) -> "key=value" overrides for a tiny tiny-keel run."""
