@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable
 
 import typer
@@ -18,7 +19,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
+# Piped output (logs, CI) has no terminal width: rich would assume 80 columns and cut tables.
+console = Console() if sys.stdout.isatty() else Console(width=160)
 
 
 def fail(message: str) -> typer.Exit:
