@@ -21,6 +21,23 @@ def one_torch_thread():
 
 
 @pytest.fixture
+def stop_after():
+    """stop_after(steps) -> a Lightning callback that ends a run cleanly after `steps`
+    optimizer steps, as a preempted job would."""
+    import lightning as L
+
+    class StopAfter(L.Callback):
+        def __init__(self, steps: int):
+            self.steps = steps
+
+        def on_train_batch_end(self, trainer, *args) -> None:
+            if trainer.global_step >= self.steps:
+                trainer.should_stop = True
+
+    return StopAfter
+
+
+@pytest.fixture
 def tiny_model_config():
     from keelctl.model import ModelConfig
 

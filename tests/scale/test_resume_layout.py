@@ -3,7 +3,6 @@ anything else that moves the data position or the model is refused."""
 
 from __future__ import annotations
 
-import lightning as L
 import pytest
 from scale_helpers import TINY_KEEL, max_abs_diff, metrics
 
@@ -14,21 +13,12 @@ from keelctl.train import train
 from keelctl.train.datamodule import TokenDataModule
 
 
-class StopAfter(L.Callback):
-    def __init__(self, steps: int):
-        self.steps = steps
-
-    def on_train_batch_end(self, trainer, *args) -> None:
-        if trainer.global_step >= self.steps:
-            trainer.should_stop = True
-
-
-def test_resume_with_the_global_batch_split_into_micro_batches(tiny, tmp_path):
+def test_resume_with_the_global_batch_split_into_micro_batches(stop_after, tiny, tmp_path):
     """4 sequences a step as one batch, then (after step 20) as 2 micro-batches of 2: the same
     samples in the same steps, so the losses agree up to summation order (measured < 1e-6)."""
     first = load_recipe(TINY_KEEL, tiny(max_steps=40))
     train(first, tmp_path / "straight", progress_bar=False)
-    train(first, tmp_path / "run", progress_bar=False, callbacks=[StopAfter(20)])
+    train(first, tmp_path / "run", progress_bar=False, callbacks=[stop_after(20)])
     split = tiny("data.batch_size=2", "trainer.accumulate_grad_batches=2", max_steps=40)
     train(load_recipe(TINY_KEEL, split), tmp_path / "run", resume=True, progress_bar=False)
     # train_loss is the last micro-batch's after the split, so compare the full-batch numbers.
@@ -46,9 +36,9 @@ def test_resume_with_the_global_batch_split_into_micro_batches(tiny, tmp_path):
         (["trainer.strategy=ddp", "trainer.devices=2"], "trainer.devices"),  # 8 sequences a step
     ],
 )
-def test_resume_refuses_a_different_global_batch(change, refused, tiny, tmp_path):
+def test_resume_refuses_a_different_global_batch(stop_after, change, refused, tiny, tmp_path):
     recipe = load_recipe(TINY_KEEL, tiny(max_steps=20))
-    train(recipe, tmp_path / "run", progress_bar=False, callbacks=[StopAfter(10)])
+    train(recipe, tmp_path / "run", progress_bar=False, callbacks=[stop_after(10)])
     with pytest.raises(KeelError, match=f"differs from the checkpoint's in .*{refused}"):
         train(load_recipe(TINY_KEEL, tiny(*change, max_steps=20)), tmp_path / "run", resume=True)
 

@@ -5,22 +5,10 @@ from __future__ import annotations
 import csv
 import json
 
-import lightning as L
 from typer.testing import CliRunner
 
 from keelctl.cli import app
 from keelctl.train import train
-
-
-class StopAfter(L.Callback):
-    """Ends a run cleanly after `steps` optimizer steps, as a preempted job would."""
-
-    def __init__(self, steps: int):
-        self.steps = steps
-
-    def on_train_batch_end(self, trainer, *args) -> None:
-        if trainer.global_step >= self.steps:
-            trainer.should_stop = True
 
 
 def columns(path, *names):
@@ -28,10 +16,12 @@ def columns(path, *names):
         return [{n: r.get(n, "") for n in ("step", *names)} for r in csv.DictReader(f)]
 
 
-def test_stop_at_20_then_resume_to_40_equals_uninterrupted_40(tmp_path, tiny_recipe, tiny_args):
+def test_stop_at_20_then_resume_to_40_equals_uninterrupted_40(
+    stop_after, tmp_path, tiny_recipe, tiny_args
+):
     recipe = tiny_recipe(max_steps=40)
     train(recipe, tmp_path / "straight", progress_bar=False)
-    stopped = train(recipe, tmp_path / "resumed", progress_bar=False, callbacks=[StopAfter(20)])
+    stopped = train(recipe, tmp_path / "resumed", progress_bar=False, callbacks=[stop_after(20)])
     assert stopped["status"] == "stopped" and stopped["steps"] == 20
 
     result = CliRunner().invoke(
