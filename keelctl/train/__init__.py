@@ -5,6 +5,6 @@ from keelctl.train import train
 summary = train(load_recipe("recipes/tiny-keel.yaml"), "runs/tiny-keel")
 """
 
-from keelctl.train.run import default_run_dir, train
+from keelctl.train.fit import default_run_dir, train
 
 __all__ = ["default_run_dir", "train"]

@@ -42,7 +42,7 @@ from keelctl.train.datamodule import TokenDataModule
 from keelctl.train.grad_flow import GradFlowCallback
 from keelctl.train.guards import LossGuard, LossSpike, TrainingDiverged
 from keelctl.train.module import LanguageModel
-from keelctl.train.run_dir import (
+from keelctl.train.resume import (
     check_run_dir,
     checkpoint_step,
     make_loggers,
@@ -61,7 +61,7 @@ DEPTH_UNITS = (
 )
 # Lightning warnings that do not apply here, each for the reason given.
 _EXPECTED_WARNINGS = (
-    "Experiment logs directory",  # a resumed run's earlier metrics rows are re-logged (run_dir.py)
+    "Experiment logs directory",  # a resumed run's earlier metrics rows are re-logged (resume.py)
     "Checkpoint directory",  # last.ckpt is meant to be overwritten
     "You're resuming from a checkpoint that ended before the epoch ended",  # datamodule.py
     "does not have many workers",  # windows are cheap memmap slices; data.num_workers sets it

@@ -95,7 +95,7 @@ class LanguageModel(L.LightningModule):
         self.tokenizer = tokenizer
         self.model = build_model(self.recipe.model)
         trainer_cfg = self.recipe.trainer
-        # FSDP checkpoints blocks itself (run.py passes the policy), so only wrap otherwise.
+        # FSDP checkpoints blocks itself (fit.py passes the policy), so only wrap otherwise.
         if trainer_cfg.activation_checkpointing and trainer_cfg.strategy != "fsdp":
             apply_activation_checkpointing(self.model)  # state_dict keys do not change
         if trainer_cfg.compile:

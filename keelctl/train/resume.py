@@ -1,5 +1,5 @@
-"""The run dir before training: is it free (or resumable), what does its checkpoint hold, and
-which earlier records does a resumed run keep. Layout: docs/runs.md."""
+"""Resuming a run dir: is it free (or resumable), what does its checkpoint hold, and which
+earlier records does a resumed run keep. Layout: docs/runs.md."""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ import torch
 from torch.distributed.fsdp import FullOptimStateDictConfig, FullStateDictConfig, StateDictType
 from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-import keelctl.train.run as run
+import keelctl.train.fit as run
 from keelctl.config import load_recipe
 
 

@@ -46,7 +46,7 @@ def test_a_spike_rolls_back_to_the_last_checkpoint_with_half_the_lr(tiny, tmp_pa
     recipe = load_recipe(TINY_KEEL, tiny(*ROLLBACK, max_steps=30))
     run, reference = tmp_path / "run", tmp_path / "reference"
     train(recipe, reference, progress_bar=False)
-    with caplog.at_level(logging.WARNING, logger="keelctl.train.run"):
+    with caplog.at_level(logging.WARNING, logger="keelctl.train.fit"):
         summary = train(recipe, run, progress_bar=False, callbacks=[BlowUpHead(14)])
 
     assert summary["status"] == "finished" and summary["steps"] == 30
