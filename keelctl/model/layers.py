@@ -66,3 +66,14 @@ class FeedForward(nn.Module):
 
     def branch_weights(self) -> list[nn.Linear]:
         return [w for w in (self.w1, self.w3, self.w2) if w is not None]
+
+
+class RMSNorm(nn.RMSNorm):
+    """nn.RMSNorm that always computes in fp32 or wider and returns that dtype, whatever the
+    dtypes of its input and of its gain (FSDP's bf16 param_dtype makes the gain bf16; a bf16
+    gain next to an fp32 input would also miss torch's fused kernel)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        wide = torch.promote_types(x.dtype, torch.float32)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return F.rms_norm(x.to(wide), self.normalized_shape, self.weight.to(wide), self.eps)

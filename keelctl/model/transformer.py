@@ -8,29 +8,43 @@ import torch
 from torch import nn
 
 from keelctl.model.config import ModelConfig
-from keelctl.model.layers import Attention, FeedForward
+from keelctl.model.layers import Attention, FeedForward, RMSNorm
 from keelctl.model.residual import Rule, branch_init_scale, sublayer_rules, uses_final_norm
 
 
+def widened(x: torch.Tensor) -> torch.Tensor:
+    """x in fp32 or wider: the dtype of the residual stream under every precision."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def compute_dtype(branch: nn.Module) -> torch.dtype:
+    """The dtype the branch's weights compute in: bf16 under FSDP's bf16 param_dtype, else
+    their own (fp32; bf16 autocast then casts inside each matmul)."""
+    return branch.branch_weights()[0].weight.dtype
+
+
 class Sublayer(nn.Module):
-    """One residual connection: x' = LN_out(alpha * x + F(LN_in(x))) (see residual.py)."""
+    """One residual connection: x' = LN_out(alpha * x + F(LN_in(x))) (see residual.py).
+
+    Precision policy, the same for every scheme (docs/scale.md): the residual stream x, the
+    skip sum and both norms are fp32 or wider, and so is the output; only the branch F runs in
+    its compute dtype. In bf16 a Keel update, about 1/alpha of the normalised stream, would be
+    below the spacing of the numbers it is added to (2^-8 near 1) and vanish."""
 
     def __init__(self, kind: str, branch: nn.Module, rule: Rule, cfg: ModelConfig):
         super().__init__()
         self.kind, self.branch, self.rule = kind, branch, rule
-        self.norm_in = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps) if rule.norm_in else nn.Identity()
-        self.norm_out = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps) if rule.norm_out else None
+        self.norm_in = RMSNorm(cfg.d_model, eps=cfg.norm_eps) if rule.norm_in else nn.Identity()
+        self.norm_out = RMSNorm(cfg.d_model, eps=cfg.norm_eps) if rule.norm_out else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.branch(self.norm_in(x))
+        x = widened(x)
+        f = self.branch(self.norm_in(x).to(compute_dtype(self.branch)))
         if self.norm_out is None:
-            return x + f
-        # The skip sum and outer norm run in fp32: in bf16, alpha*x near 1024 has spacing 8
-        # and F (of size ~1) would vanish from the sum.
-        wide = torch.promote_types(x.dtype, torch.float32)
+            return x + f  # promotes a bf16 F to x's wide dtype
         with torch.autocast(device_type=x.device.type, enabled=False):
-            s = torch.add(f, x.to(wide), alpha=self.rule.alpha)  # alpha*x + F: one pass, in `wide`
-            return self.norm_out(s).to(x.dtype)
+            s = torch.add(f, x, alpha=self.rule.alpha)  # alpha*x + F: one pass, in x's dtype
+            return self.norm_out(s)
 
     def extra_repr(self) -> str:
         return f"kind={self.kind}, x' = {self.rule.equation}"
@@ -65,7 +79,7 @@ class Transformer(nn.Module):
             for b in range(cfg.n_blocks)
         )
         self.norm_f = (
-            nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps) if uses_final_norm(cfg, rules) else None
+            RMSNorm(cfg.d_model, eps=cfg.norm_eps) if uses_final_norm(cfg, rules) else None
         )
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.reset_parameters()
@@ -93,11 +107,13 @@ class Transformer(nn.Module):
                         linear.weight.mul_(beta)
 
     def embed(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.tok_emb(idx)
+        """The residual stream entering sub-layer 0: fp32 or wider even from a bf16 table."""
+        return widened(self.tok_emb(idx))
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Final norm (where the scheme has one) and the LM head on the residual stream."""
-        return self.head(self.norm_f(x) if self.norm_f is not None else x)
+        h = self.norm_f(x) if self.norm_f is not None else x
+        return self.head(h.to(self.head.weight.dtype))
 
     def forward(self, idx: torch.Tensor, skip: Iterable[int] | None = None) -> torch.Tensor:
         """Logits (B, T, V). Sub-layers listed in `skip` are removed: x' = x."""
