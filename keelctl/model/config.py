@@ -10,8 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Residual = Literal["keel", "pre_ln", "post_ln", "deepnorm", "mix_ln"]
-RESIDUALS: tuple[str, ...] = ("keel", "pre_ln", "post_ln", "deepnorm", "mix_ln")
+Residual = Literal["keel", "pre_ln", "post_ln", "deepnorm", "mix_ln", "hybridnorm"]
+RESIDUALS: tuple[str, ...] = ("keel", "pre_ln", "post_ln", "deepnorm", "mix_ln", "hybridnorm")
 
 
 class ModelConfig(BaseModel):
@@ -34,6 +34,9 @@ class ModelConfig(BaseModel):
     keel_first_block: Literal["v2", "v1", "none"] = "v2"
     final_norm: Literal["auto"] | bool = "auto"
     mix_ln_fraction: float = Field(0.25, ge=0, le=1, description="mix_ln: share of Post-LN blocks")
+    qkv_norm: Literal["auto"] | bool = Field(
+        "auto", description="RMSNorm of q, k, v per head in attention; auto = on for hybridnorm"
+    )
 
     @model_validator(mode="after")
     def _check_shapes(self) -> ModelConfig:
@@ -62,6 +65,10 @@ class ModelConfig(BaseModel):
     @property
     def n_sublayers(self) -> int:
         return 2 * self.n_blocks
+
+    @property
+    def uses_qkv_norm(self) -> bool:
+        return self.residual == "hybridnorm" if self.qkv_norm == "auto" else self.qkv_norm
 
     @property
     def keel_alpha(self) -> float:

@@ -28,6 +28,12 @@ class Attention(nn.Module):
         self.wk = nn.Linear(cfg.d_model, cfg.kv_heads * cfg.head_dim, bias=False)
         self.wv = nn.Linear(cfg.d_model, cfg.kv_heads * cfg.head_dim, bias=False)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
+        # HybridNorm's QKV normalisation (Zhuo et al. 2025; their code: one gain per head dim)
+        self.qkv_norm = (
+            nn.ModuleList(RMSNorm(cfg.head_dim, eps=cfg.norm_eps) for _ in range(3))
+            if cfg.uses_qkv_norm
+            else None
+        )
         exponent = torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim
         # Recomputed from this tiny buffer per call (cheap next to attention), so a sub-layer
         # runs on the residual stream alone and no large cos/sin table is kept per layer.
@@ -38,6 +44,8 @@ class Attention(nn.Module):
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if self.qkv_norm is not None:  # HybridNorm: per-head RMSNorm of q, k, v before RoPE
+            q, k, v = (n(t).to(t.dtype) for n, t in zip(self.qkv_norm, (q, k, v), strict=True))
         q, k = rope_rotate(q, self.inv_freq), rope_rotate(k, self.inv_freq)
         y = F.scaled_dot_product_attention(
             q, k, v, is_causal=True, enable_gqa=self.n_kv_heads != self.n_heads

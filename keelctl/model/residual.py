@@ -1,4 +1,4 @@
-"""The five residual schemes, side by side. Every sub-layer update is one instance of
+"""The six residual schemes, side by side. Every sub-layer update is one instance of
 
     x' = LN_out( alpha * x + F( LN_in(x) ) )
 
@@ -10,9 +10,19 @@ where a scheme picks alpha and which of the two norms exist (a missing norm is t
                                                      branch weights * b = (8N)^(-1/4) at init
     keel      x' = LN_out(alpha*x + F(LN_in(x)))     alpha = L (all sub-layers), both norms
     mix_ln    post_ln for the first mix_ln_fraction of blocks, pre_ln after
+    hybridnorm attention  x' = LN(x + Attn_QKV(x))     Attn_QKV normalises q, k, v per head
+               FFN        x' = x + FFN(x)               (ModelConfig.qkv_norm, on by default)
 
 N = n_blocks, L = n_sublayers = 2N. Keel's first block (paper v2): the first attention sub-layer
 is Pre-LN and the first FFN uses alpha = 1; v1 makes the whole first block Pre-LN.
+
+HybridNorm (Zhuo et al. 2025, arXiv 2503.04598, and their code) writes a block as
+    Y = X + Attn_QKV(X),    X' = Norm(Y) + FFN(Norm(Y)):
+QKV normalisation in attention, Post-Norm for the FFN. Its one norm per block is the same
+function whether it ends the attention sub-layer (as here) or starts the FFN sub-layer (as in
+their code), so the model computes exactly their block; only what "removing one sub-layer"
+means differs (removing attention here removes the norm too). Their HybridNorm* variant (a
+Pre-Norm first block) is not offered.
 """
 
 from __future__ import annotations
@@ -40,6 +50,7 @@ class Rule:
 
 PRE_LN = Rule(alpha=1.0, norm_in=True, norm_out=False)
 POST_LN = Rule(alpha=1.0, norm_in=False, norm_out=True)
+PLAIN = Rule(alpha=1.0, norm_in=False, norm_out=False)
 
 
 def deepnorm_alpha(n_blocks: int) -> float:
@@ -70,6 +81,7 @@ _SCHEMES = {
     "deepnorm": lambda cfg, i: Rule(deepnorm_alpha(cfg.n_blocks), norm_in=False, norm_out=True),
     "keel": _keel,
     "mix_ln": _mix_ln,
+    "hybridnorm": lambda cfg, i: POST_LN if i % 2 == 0 else PLAIN,
 }
 
 

@@ -157,3 +157,55 @@ def test_gradient_gain_formulas_agree_with_paper_brief():
     L = 1024
     keel_total = (L / math.sqrt(L**2 + 1)) ** L
     assert abs(keel_total - math.exp(-1 / (2 * L))) < 1e-6
+
+
+def rope(x: torch.Tensor, theta: float) -> torch.Tensor:
+    """Rotary embedding, rotate-half pairs (j, j + D/2) by angle pos * theta^(-2j/D)."""
+    T, D = x.shape[-2], x.shape[-1]
+    ang = torch.arange(T, dtype=x.dtype)[:, None] * theta ** (
+        -2 * torch.arange(D // 2, dtype=x.dtype) / D
+    )
+    a, b = x[..., : D // 2], x[..., D // 2 :]
+    return torch.cat([a * ang.cos() - b * ang.sin(), b * ang.cos() + a * ang.sin()], dim=-1)
+
+
+def hybridnorm_block(block, X: torch.Tensor) -> torch.Tensor:
+    """Zhuo et al. 2025 (arXiv 2503.04598, and BryceZhuo/HybridNorm's OLMo block):
+        Attn_QKV(X) = softmax(N(Q) N(K)^T / sqrt(d_h)) N(V) W_O, Q = X W_Q (per head), ...
+        Y  = X + Attn_QKV(X)
+        X' = Norm(Y) + FFN(Norm(Y))
+    with N an RMSNorm per head dimension (its own gain for q, k, v), RoPE after N, GQA."""
+    attn, ffn = block.attn.branch, block.ffn.branch
+    B, T, d = X.shape
+    H, KV = attn.n_heads, attn.n_kv_heads
+    D = d // H
+    gq, gk, gv = (n.weight for n in attn.qkv_norm)
+    q = rms_norm(attn.wq(X).view(B, T, H, D), gq).transpose(1, 2)
+    k = rms_norm(attn.wk(X).view(B, T, KV, D), gk).transpose(1, 2)
+    v = rms_norm(attn.wv(X).view(B, T, KV, D), gv).transpose(1, 2)
+    k, v = (t.repeat_interleave(H // KV, dim=1) for t in (k, v))
+    q, k = rope(q, 1e4), rope(k, 1e4)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(D)
+    scores = scores.masked_fill(torch.triu(torch.ones(T, T, dtype=torch.bool), 1), -math.inf)
+    Y = X + attn.wo((scores.softmax(-1) @ v).transpose(1, 2).reshape(B, T, d))
+    normed = rms_norm(Y, block.attn.norm_out.weight)  # the block's one norm
+    return normed + ffn(normed)
+
+
+def test_hybridnorm_blocks_match_the_authors_equations():
+    n_blocks = 3
+    model = make("hybridnorm", n_blocks, n_kv_heads=1)
+    idx = torch.randint(0, 50, (2, 7))
+    X = model.tok_emb(idx)
+    for block in model.blocks:
+        X = hybridnorm_block(block, X)
+    # a final norm before the head, as in their OLMo models
+    want = model.head(rms_norm(X, model.norm_f.weight))
+    torch.testing.assert_close(model(idx), want, rtol=1e-6, atol=1e-8)
+
+
+def test_qkv_norm_is_hybridnorms_by_default_and_a_switch_for_any_scheme():
+    assert make("hybridnorm").blocks[0].attn.branch.qkv_norm is not None
+    assert make("hybridnorm", qkv_norm=False).blocks[0].attn.branch.qkv_norm is None
+    assert make("pre_ln").blocks[0].attn.branch.qkv_norm is None
+    assert make("pre_ln", qkv_norm=True).blocks[0].attn.branch.qkv_norm is not None
