@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import default_collate
 
 from keelctl.config import RecipeConfig, load_recipe
 from keelctl.errors import KeelError
 from keelctl.model import ModelConfig, Transformer, build_model
+from keelctl.model.loss import next_token_loss
 from keelctl.model.residual import Rule, sublayer_rules
 from keelctl.runs import CONFIG_YAML, GRADS_CSV, atomic_path, atomic_write_json
 from keelctl.train.grad_flow import GRADS_COLUMNS, StreamGradProbe, param_grad_squares
@@ -135,11 +135,6 @@ def theory_label(cfg: ModelConfig) -> str:
 # ---- measuring fresh models ---------------------------------------------------------------
 
 
-def lm_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over every position (the training loss)."""
-    return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
-
-
 def measure_grad_flow(
     model: Transformer, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]
 ) -> tuple[list[float], list[float]]:
@@ -153,7 +148,7 @@ def measure_grad_flow(
     try:
         for x, y in batches:
             probe.start_micro_batch()
-            loss = lm_loss(model(x.to(device)), y.to(device)) / len(batches)
+            loss = next_token_loss(model(x.to(device)), y.to(device)) / len(batches)
             loss.backward()
     finally:
         probe.detach()

@@ -18,8 +18,6 @@ from dataclasses import asdict, dataclass, field, replace
 
 import lightning
 import torch
-import torch.nn.functional as F
-from torch.optim.lr_scheduler import LambdaLR
 
 from keelctl import __version__
 from keelctl.bench.flops import flops_params, flops_per_token, mfu, peak_flops
@@ -29,7 +27,8 @@ from keelctl.config import RecipeConfig, recipe_from_dict
 from keelctl.errors import KeelError
 from keelctl.model import RESIDUALS, build_model, count_parameters
 from keelctl.model.checkpointing import apply_activation_checkpointing
-from keelctl.train.module import decay_groups, warmup_cosine_lr
+from keelctl.model.loss import next_token_loss
+from keelctl.train.optim import build_optimizer, build_schedule
 
 PRECISIONS = ("32", "bf16-mixed")
 
@@ -127,16 +126,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def optimizer_and_schedule(model: torch.nn.Module, recipe: RecipeConfig):
-    """The optimizer and LR schedule of keelctl's LightningModule, built without Lightning."""
-    o = recipe.optim
-    opt = torch.optim.AdamW(decay_groups(model, o.weight_decay), lr=o.lr, betas=o.betas, eps=o.eps)
-    kw = dict(
-        lr=o.lr, min_lr=o.min_lr, warmup_steps=o.warmup_steps, max_steps=recipe.trainer.max_steps
-    )
-    return opt, LambdaLR(opt, lambda step: warmup_cosine_lr(step, **kw) / o.lr)
-
-
 def time_bare(recipe: RecipeConfig, batches: list, device: torch.device) -> list[float]:
     """Step intervals (s) of a plain loop doing what the Lightning module does: forward and
     loss under autocast, backward, gradient clipping, AdamW step, schedule step."""
@@ -146,14 +135,15 @@ def time_bare(recipe: RecipeConfig, batches: list, device: torch.device) -> list
         apply_activation_checkpointing(model)
     if recipe.trainer.compile:
         model.compile()  # in place, like the Lightning module
-    opt, schedule = optimizer_and_schedule(model, recipe)
+    opt = build_optimizer(model, recipe.optim)
+    schedule = build_schedule(opt, recipe.optim, recipe.trainer.max_steps)
     bf16 = recipe.trainer.precision == "bf16-mixed"
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     times, start = [], time.perf_counter()
     for x, y in batches:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with amp:
-            loss = F.cross_entropy(model(x).flatten(0, 1).float(), y.flatten())
+            loss = next_token_loss(model(x), y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.optim.grad_clip)
         opt.step()

@@ -1,13 +1,21 @@
-"""The loss guard: every micro-batch's loss (the mean over ranks) is checked before its backward.
+"""The loss guard: every micro-batch's loss (the mean over ranks) is checked, in batches, so
+that training never waits for the GPU to hand a loss to the host:
 
-- NaN or Inf: the run stops (TrainingDiverged), marked diverged = 1 in metrics.csv.
+- each micro-batch's loss stays on the device until a check; a check reduces all losses since
+  the last one over ranks in one collective and reads them in one copy to the host;
+- checks run on the steps the loggers write (trainer.log_every), before every checkpoint
+  is saved (whatever saves it) and at the end of training.
+
+- NaN or Inf: the run stops (TrainingDiverged), marked diverged = 1 in metrics.csv at the step
+  of the bad loss.
 - With trainer.spike_rollback.enabled, a spike (loss > factor x the mean of the previous
   `window` losses) or a NaN/Inf raises LossSpike instead, at most max_rollbacks times: train()
   then goes back to checkpoints/last.ckpt and continues with the learning rate multiplied by
   lr_scale (once more per rollback). A spike after the last allowed rollback stops the run.
 
-The check runs before backward, so no update ever comes from the bad loss, and since
-checkpoints are only written after validations, last.ckpt is from before the spike.
+A bad loss may update the weights for up to trainer.log_every steps before it is seen, but
+never reaches a checkpoint: the check before each save raises first, so last.ckpt is always
+from before the bad loss, which is where a rollback goes back to.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from collections import deque
 from pathlib import Path
 
 import lightning as L
+import torch
 
 from keelctl.config import SpikeRollbackConfig
 from keelctl.errors import KeelError
@@ -46,6 +55,7 @@ class LossGuard(L.Callback):
         self.cfg, self.lr, self.last_ckpt = rollback, lr, last_ckpt
         self.rollbacks: list[dict] = []  # step, loss, running_mean, lr, lr_scale
         self._recent: deque[float] = deque(maxlen=rollback.window)
+        self._pending: list[tuple[int, float, torch.Tensor]] = []  # step, lr, loss (on device)
 
     @property
     def lr_scale(self) -> float:
@@ -61,26 +71,46 @@ class LossGuard(L.Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._recent.clear()
+        self._pending.clear()
         if self.rollbacks:  # after the checkpoint's optimizer and schedule were restored
-            base = self.lr * self.lr_scale
-            scheduler = trainer.lr_scheduler_configs[0].scheduler
-            scheduler.base_lrs = [base] * len(scheduler.base_lrs)
-            for group, factor in zip(
-                trainer.optimizers[0].param_groups, scheduler.lr_lambdas, strict=True
-            ):
-                group["lr"] = base * factor(scheduler.last_epoch)
+            scheduler = trainer.lr_scheduler_configs[0].scheduler  # keelctl.train.optim's
+            scheduler.base_lrs = [self.lr * self.lr_scale] * len(scheduler.base_lrs)
+            scheduler.apply()
 
     def on_before_backward(self, trainer, pl_module, loss) -> None:
-        # clone: the all-reduce works in place, and `loss` is about to be back-propagated.
-        mean_loss = trainer.strategy.reduce(loss.detach().clone(), reduce_op="mean")
-        value = float(mean_loss) * trainer.accumulate_grad_batches  # Lightning divided it
+        lr = trainer.optimizers[0].param_groups[0]["lr"]
+        scaled = loss.detach() * trainer.accumulate_grad_batches  # Lightning divided it
+        self._pending.append((trainer.global_step, lr, scaled))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        stepped = self._pending and trainer.global_step > self._pending[-1][0]
+        if stepped and trainer.global_step % trainer.log_every_n_steps == 0:
+            self.check(trainer)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        self.check(trainer)  # raising here keeps a bad loss's weights out of every checkpoint
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.check(trainer)
+
+    def check(self, trainer) -> None:
+        """Judge every loss since the last check, in order. Every rank calls it at the same
+        points with the same number of losses: one all-reduce, one copy to the host."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        losses = torch.stack([loss for _, _, loss in pending])
+        values = trainer.strategy.reduce(losses, reduce_op="mean").tolist()
+        for (step, lr, _), value in zip(pending, values, strict=True):
+            self._judge(trainer, step, lr, value)
+
+    def _judge(self, trainer, step: int, lr: float, value: float) -> None:
         full = len(self._recent) == self._recent.maxlen
         running = sum(self._recent) / len(self._recent) if full else math.nan
         spiked = self.cfg.enabled and full and value > self.cfg.factor * running
         if math.isfinite(value) and not spiked:
             self._recent.append(value)
             return
-        step, lr = trainer.global_step, trainer.optimizers[0].param_groups[0]["lr"]
         left = self.cfg.max_rollbacks - len(self.rollbacks)
         # Rank zero's view of the run dir decides, so that every rank does the same.
         checkpointed = trainer.strategy.broadcast(self.last_ckpt.is_file())

@@ -1,4 +1,5 @@
-"""The LightningModule: next-token cross-entropy, AdamW and a warm-up + cosine schedule.
+"""The LightningModule: next-token cross-entropy (keelctl.model.loss), AdamW and a warm-up +
+cosine schedule (keelctl.train.optim).
 
 The Transformer lives at `self.model` (callbacks and the exporter read it there); the recipe is
 saved as a hyperparameter and the tokenizer travels inside every checkpoint.
@@ -6,63 +7,22 @@ saved as a hyperparameter and the tokenizer travels inside every checkpoint.
 
 from __future__ import annotations
 
-import math
 import random
 
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 from torch.distributed.fsdp import FullyShardedDataParallel
-from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics.aggregation import MeanMetric
 
 from keelctl.config import RecipeConfig
 from keelctl.model import build_model
 from keelctl.model.checkpointing import apply_activation_checkpointing
+from keelctl.model.loss import next_token_loss
+from keelctl.train.optim import build_optimizer, build_schedule
 
 TOKENIZER_KEY = "keelctl_tokenizer"
 RNG_KEY = "keelctl_rng"
-
-
-def warmup_cosine_lr(
-    step: int, *, lr: float, min_lr: float, warmup_steps: int, max_steps: int
-) -> float:
-    """Learning rate of optimizer step `step` (0-based): linear warm-up reaching lr at step
-    warmup_steps - 1, then a cosine from lr down to min_lr at the last step (max_steps - 1)."""
-    if step < warmup_steps:
-        return lr * (step + 1) / warmup_steps
-    decay_steps = max_steps - warmup_steps - 1
-    if decay_steps <= 0:
-        return lr
-    progress = min(1.0, (step - warmup_steps) / decay_steps)
-    return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-class _LRFactor:
-    """LambdaLR's multiplier; a class, not a lambda, so the schedule stays inspectable."""
-
-    def __init__(self, lr: float, min_lr: float, warmup_steps: int, max_steps: int):
-        self.kw = dict(lr=lr, min_lr=min_lr, warmup_steps=warmup_steps, max_steps=max_steps)
-
-    def __call__(self, step: int) -> float:
-        return warmup_cosine_lr(step, **self.kw) / self.kw["lr"]
-
-
-def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW parameter groups: decay on Linear weights; none on norm gains, biases and
-    embeddings (a tied head shares the embedding's weight, so it is not decayed either).
-    Chosen by module type, not by p.ndim: under FSDP every parameter is a flat 1-D shard."""
-    no_decay = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    linear = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)} - no_decay
-    decay, rest = [], []
-    for p in model.parameters():
-        (decay if id(p) in linear else rest).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": rest, "weight_decay": 0.0},
-    ]
 
 
 def _rng_states() -> dict:
@@ -103,16 +63,27 @@ class LanguageModel(L.LightningModule):
         self.val_loss = MeanMetric()
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        logits = self.model(x)
-        return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+        return next_token_loss(self.model(x), y)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss = self.loss(*batch)
         # train_loss: the mean over ranks of the step's last micro-batch loss (with one micro-batch,
-        # the loss of the whole global batch); lr: the one this step's update uses.
-        self.log("train_loss", loss, prog_bar=True, sync_dist=True)
-        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True)
+        # the loss of the whole global batch); lr: the one this step's update uses. Both logged
+        # as CPU tensors, and train_loss reduced only on the steps the loggers write: Lightning
+        # turns progress-bar values into numbers after every micro-batch, which for a GPU
+        # tensor would make the host wait for the GPU each time.
+        if self._logs_this_step():
+            mean = self.trainer.strategy.reduce(loss.detach().clone(), reduce_op="mean")
+            self.log("train_loss", mean.cpu(), prog_bar=True)
+        self.log(
+            "lr", torch.tensor(self.trainer.optimizers[0].param_groups[0]["lr"]), prog_bar=True
+        )
         return loss
+
+    def _logs_this_step(self) -> bool:
+        """The steps Lightning's loggers write: every trainer.log_every-th, and the last."""
+        step = self.trainer.global_step + 1
+        return step % self.trainer.log_every_n_steps == 0 or step >= self.trainer.max_steps
 
     def validation_step(self, batch, batch_idx: int) -> None:
         x, _ = batch
@@ -140,11 +111,8 @@ class LanguageModel(L.LightningModule):
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self):
-        o, t = self.recipe.optim, self.recipe.trainer
-        optimizer = torch.optim.AdamW(
-            decay_groups(self.model, o.weight_decay), lr=o.lr, betas=o.betas, eps=o.eps
-        )
-        schedule = LambdaLR(optimizer, _LRFactor(o.lr, o.min_lr, o.warmup_steps, t.max_steps))
+        optimizer = build_optimizer(self.model, self.recipe.optim)
+        schedule = build_schedule(optimizer, self.recipe.optim, self.recipe.trainer.max_steps)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": schedule, "interval": "step", "frequency": 1},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import random
 
@@ -11,13 +12,8 @@ import torch
 
 from keelctl.config import RecipeConfig
 from keelctl.train import train
-from keelctl.train.module import (
-    LanguageModel,
-    _rng_states,
-    _set_rng_states,
-    decay_groups,
-    warmup_cosine_lr,
-)
+from keelctl.train.module import LanguageModel, _rng_states, _set_rng_states
+from keelctl.train.optim import build_optimizer, build_schedule, decay_groups, warmup_cosine_lr
 
 
 def test_schedule_warms_up_linearly_then_follows_cosine_to_min_lr():
@@ -59,6 +55,51 @@ def test_optimizer_follows_the_schedule_and_skips_decay_on_norms_and_embeddings(
     assert {names[id(p)] for p in decay["params"]} == {
         n for n, p in module.model.named_parameters() if p.ndim == 2 and n != "tok_emb.weight"
     }
+
+
+def test_schedule_state_is_the_step_only_and_a_longer_run_stretches_the_cosine():
+    optim = RecipeConfig(optim=dict(lr=1e-2, min_lr=1e-4, warmup_steps=3)).optim
+    model = torch.nn.Linear(2, 2)
+    short = build_optimizer(model, optim)
+    schedule = build_schedule(short, optim, max_steps=20)
+    for _ in range(20):
+        short.step()
+        schedule.step()
+    assert schedule.state_dict() == {"last_epoch": 20, "_step_count": 21}
+    longer = build_optimizer(model, optim)
+    stretched = build_schedule(longer, optim, max_steps=40)
+    longer.load_state_dict(short.state_dict())  # holds the 20-step schedule's lr
+    stretched.load_state_dict(schedule.state_dict())
+    seen = []
+    for _ in range(20):
+        seen.append(longer.param_groups[0]["lr"])
+        longer.step()
+        stretched.step()
+    kw = dict(lr=1e-2, min_lr=1e-4, warmup_steps=3, max_steps=40)
+    assert seen == pytest.approx([warmup_cosine_lr(s, **kw) for s in range(20, 40)], rel=1e-12)
+
+
+def test_resume_with_more_max_steps_follows_the_longer_schedule(tiny_recipe, tmp_path):
+    """20 steps, then --resume with max_steps 40: steps 20..39 at a 40-step schedule's LRs."""
+    run = tmp_path / "run"
+    train(tiny_recipe(max_steps=20), run, progress_bar=False)
+    longer = tiny_recipe(max_steps=40)
+    train(longer, run, resume=True, progress_bar=False)
+    with open(run / "metrics.csv", newline="") as f:
+        lrs = {int(r["step"]): float(r["lr"]) for r in csv.DictReader(f) if r.get("lr")}
+    o = longer.optim
+    kw = dict(lr=o.lr, min_lr=o.min_lr, warmup_steps=o.warmup_steps, max_steps=40)
+    assert [lrs[s] for s in range(20, 40)] == pytest.approx(
+        [warmup_cosine_lr(s, **kw) for s in range(20, 40)], rel=1e-6
+    )
+    assert lrs[39] == pytest.approx(o.min_lr) and lrs[20] > 10 * o.min_lr
+
+
+def test_adamw_is_fused_only_on_cuda_parameters():
+    optim = RecipeConfig().optim
+    assert not build_optimizer(torch.nn.Linear(2, 2), optim).defaults["fused"]
+    if torch.cuda.is_available():
+        assert build_optimizer(torch.nn.Linear(2, 2, device="cuda"), optim).defaults["fused"]
 
 
 def test_tied_head_is_one_parameter_without_decay(tiny_model_config):
