@@ -37,6 +37,31 @@ def stop_after():
     return StopAfter
 
 
+class NextByteLM(torch.nn.Module):
+    """Predicts byte b + 1 after byte b with certainty, 'a' after end-of-text (256) and
+    end-of-text after '~'. Position-free, so it also runs with a (layer-less) KV cache."""
+
+    def __init__(self, max_seq_len: int = 16):
+        super().__init__()
+        from types import SimpleNamespace
+
+        self.config = SimpleNamespace(
+            max_seq_len=max_seq_len, residual="next-byte", n_blocks=0, kv_heads=1, head_dim=2
+        )
+        self.scale = torch.nn.Parameter(torch.tensor(20.0))
+
+    def forward(self, idx: torch.Tensor, skip=None, cache=None) -> torch.Tensor:
+        if cache is not None:
+            cache.extend(idx.shape[1])
+        nxt = torch.where(idx == ord("~"), 256, torch.where(idx == 256, ord("a"), idx + 1))
+        return self.scale * torch.nn.functional.one_hot(nxt, 257).float()
+
+
+@pytest.fixture
+def next_byte_lm():
+    return NextByteLM()
+
+
 @pytest.fixture
 def tiny_model_config():
     from keelctl.model import ModelConfig

@@ -10,7 +10,16 @@ import typer
 from keelctl.cli.app import app
 
 # Importing a command module registers its command on `app`, in this order in --help.
-for _command_module in ("train", "evaluate", "ablate", "grads", "bench", "repro"):
+for _command_module in (
+    "train",
+    "evaluate",
+    "generate",
+    "export",
+    "ablate",
+    "grads",
+    "bench",
+    "repro",
+):
     importlib.import_module(f"keelctl.cli.{_command_module}")
 
 

@@ -9,11 +9,17 @@ from torch import nn
 from keelctl.model.config import ModelConfig
 
 
-def rope_rotate(x: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
-    """Rotary position embedding (rotate-half form) for positions 0..T-1; x is (B, H, T, D)."""
+def rope_rotate(
+    x: torch.Tensor, inv_freq: torch.Tensor, positions: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Rotary position embedding (rotate-half form); x is (B, H, T, D). Positions 0..T-1, or
+    `positions` (B, T) per row (a KV cache decoding after a prefix, left-padded rows)."""
     wide = torch.promote_types(x.dtype, torch.float32)  # angles never in bf16
-    t = torch.arange(x.shape[-2], device=x.device, dtype=wide)
-    angles = torch.outer(t, inv_freq.to(wide))  # (T, D/2)
+    if positions is None:
+        t = torch.arange(x.shape[-2], device=x.device, dtype=wide)
+        angles = torch.outer(t, inv_freq.to(wide))  # (T, D/2)
+    else:
+        angles = (positions.to(wide).unsqueeze(-1) * inv_freq.to(wide)).unsqueeze(1)  # (B,1,T,D/2)
     cos = torch.cat([angles.cos(), angles.cos()], dim=-1).to(x.dtype)
     sin = torch.cat([angles.sin(), angles.sin()], dim=-1).to(x.dtype)
     x1, x2 = x.chunk(2, dim=-1)
@@ -39,16 +45,27 @@ class Attention(nn.Module):
         # runs on the residual stream alone and no large cos/sin table is kept per layer.
         self.register_buffer("inv_freq", cfg.rope_theta**-exponent, persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv=None) -> torch.Tensor:
+        """Causal self-attention over x; with `kv` (one layer of keelctl.generate's KVCache)
+        x holds only the new tokens: their keys/values join the cache and the queries attend
+        to every cached one that kv.mask allows (None: all of them)."""
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if self.qkv_norm is not None:  # HybridNorm: per-head RMSNorm of q, k, v before RoPE
             q, k, v = (n(t).to(t.dtype) for n, t in zip(self.qkv_norm, (q, k, v), strict=True))
-        q, k = rope_rotate(q, self.inv_freq), rope_rotate(k, self.inv_freq)
+        positions = None if kv is None else kv.positions
+        q, k = rope_rotate(q, self.inv_freq, positions), rope_rotate(k, self.inv_freq, positions)
+        if kv is not None:
+            k, v = kv.append(k, v)
         y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, enable_gqa=self.n_kv_heads != self.n_heads
+            q,
+            k,
+            v,
+            attn_mask=None if kv is None else kv.mask,
+            is_causal=kv is None,
+            enable_gqa=self.n_kv_heads != self.n_heads,
         )
         return self.wo(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 

@@ -37,9 +37,10 @@ class Sublayer(nn.Module):
         self.norm_in = RMSNorm(cfg.d_model, eps=cfg.norm_eps) if rule.norm_in else nn.Identity()
         self.norm_out = RMSNorm(cfg.d_model, eps=cfg.norm_eps) if rule.norm_out else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, **branch_kwargs) -> torch.Tensor:
+        """branch_kwargs go to F (attention's `kv`: a KV cache layer while generating)."""
         x = widened(x)
-        f = self.branch(self.norm_in(x).to(compute_dtype(self.branch)))
+        f = self.branch(self.norm_in(x).to(compute_dtype(self.branch)), **branch_kwargs)
         if self.norm_out is None:
             return x + f  # promotes a bf16 F to x's wide dtype
         with torch.autocast(device_type=x.device.type, enabled=False):
@@ -57,9 +58,9 @@ class Block(nn.Module):
         super().__init__()
         self.attn, self.ffn = attn, ffn
 
-    def forward(self, x: torch.Tensor, skip_attn: bool = False, skip_ffn: bool = False):
+    def forward(self, x: torch.Tensor, skip_attn: bool = False, skip_ffn: bool = False, kv=None):
         if not skip_attn:
-            x = self.attn(x)
+            x = self.attn(x) if kv is None else self.attn(x, kv=kv)
         if not skip_ffn:
             x = self.ffn(x)
         return x
@@ -115,15 +116,19 @@ class Transformer(nn.Module):
         h = self.norm_f(x) if self.norm_f is not None else x
         return self.head(h.to(self.head.weight.dtype))
 
-    def forward(self, idx: torch.Tensor, skip: Iterable[int] | None = None) -> torch.Tensor:
-        """Logits (B, T, V). Sub-layers listed in `skip` are removed: x' = x."""
+    def forward(
+        self, idx: torch.Tensor, skip: Iterable[int] | None = None, cache=None
+    ) -> torch.Tensor:
+        """Logits (B, T, V). Sub-layers listed in `skip` are removed: x' = x. With `cache` (a
+        keelctl.generate.KVCache) idx holds only tokens not yet in it; they are added to it."""
         skip = set(skip or ())
         bad = [i for i in skip if not 0 <= i < self.config.n_sublayers]
         if bad:
             raise ValueError(f"skip indices {sorted(bad)} outside 0..{self.config.n_sublayers - 1}")
+        kv = cache.extend(idx.shape[1]) if cache is not None else [None] * len(self.blocks)
         x = self.embed(idx)
         for b, block in enumerate(self.blocks):
-            x = block(x, skip_attn=2 * b in skip, skip_ffn=2 * b + 1 in skip)
+            x = block(x, skip_attn=2 * b in skip, skip_ffn=2 * b + 1 in skip, kv=kv[b])
         return self.logits(x)
 
 
