@@ -31,7 +31,7 @@ CODE_FILES = ("configuration_keel.py", "modeling_keel.py")
 EXPORTED_OPTIONS = frozenset(
     "vocab_size d_model n_heads n_kv_heads n_blocks ffn ffn_hidden rope_theta tie_embeddings "
     "norm_eps max_seq_len init_std residual alpha keel_first_block final_norm "
-    "mix_ln_fraction".split()
+    "mix_ln_fraction qkv_norm".split()
 )
 
 
@@ -59,7 +59,8 @@ def expected_parameters(cfg: ModelConfig) -> set[str]:
         names.add("norm_f.weight")
     ffn = ("w1", "w2", "w3") if cfg.ffn == "swiglu" else ("w1", "w2")
     for i, rule in enumerate(rules):
-        kind, weights = ("attn", ("wq", "wk", "wv", "wo")) if i % 2 == 0 else ("ffn", ffn)
+        qkv = [f"qkv_norm.{j}" for j in range(3)] if cfg.uses_qkv_norm else []
+        kind, weights = ("attn", ("wq", "wk", "wv", "wo", *qkv)) if i % 2 == 0 else ("ffn", ffn)
         prefix = f"blocks.{i // 2}.{kind}"
         names |= {f"{prefix}.branch.{w}.weight" for w in weights}
         names |= {f"{prefix}.{n}.weight" for n in ("norm_in", "norm_out") if getattr(rule, n)}
@@ -90,6 +91,7 @@ def hf_config(cfg: ModelConfig, context: int, eot_id: int) -> dict:
             {"alpha": r.alpha, "norm_in": r.norm_in, "norm_out": r.norm_out} for r in rules
         ],
         "final_norm": uses_final_norm(cfg, rules),
+        "qkv_norm": cfg.uses_qkv_norm,
         "initializer_range": cfg.init_std,
         "tie_word_embeddings": cfg.tie_embeddings,
         "bos_token_id": eot_id,

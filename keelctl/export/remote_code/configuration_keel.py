@@ -25,6 +25,7 @@ class KeelConfig(PretrainedConfig):
         max_position_embeddings: int = 1024,
         sublayer_rules: list | None = None,  # [{"alpha": a, "norm_in": b, "norm_out": c}, ...]
         final_norm: bool = False,
+        qkv_norm: bool = False,  # RMSNorm of q, k, v per head before RoPE (HybridNorm)
         initializer_range: float = 0.02,
         tie_word_embeddings: bool = False,
         use_cache: bool = True,
@@ -45,6 +46,7 @@ class KeelConfig(PretrainedConfig):
             {"alpha": 1.0, "norm_in": True, "norm_out": False}
         ] * (2 * num_hidden_layers)
         self.final_norm = final_norm
+        self.qkv_norm = qkv_norm
         self.initializer_range = initializer_range
         self.use_cache = use_cache
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)

@@ -3,7 +3,8 @@
 Standalone: needs torch and transformers only. The math is keelctl's, for every residual
 scheme: each sub-layer is x' = LN_out(alpha * x + F(LN_in(x))) with the rule of config.json's
 `sublayer_rules`; the residual stream, the skip sum and every RMSNorm run in fp32 (or wider)
-whatever the branch dtype; causal attention with RoPE (rotate-half) and grouped-query heads;
+whatever the branch dtype; causal attention with RoPE (rotate-half), grouped-query heads and optional
+per-head q/k/v norms (HybridNorm);
 an optional final norm; keys and values kept in transformers' cache while generating.
 Parameter names are keelctl's, so model.safetensors is keelctl's state dict.
 """
@@ -63,6 +64,12 @@ class KeelAttention(nn.Module):
         self.wk = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=False)
         self.wv = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=False)
         self.wo = nn.Linear(self.n_heads * self.head_dim, d, bias=False)
+        # HybridNorm's per-head RMSNorm of q, k, v (before RoPE)
+        self.qkv_norm = (
+            nn.ModuleList(RMSNorm(self.head_dim, config.rms_norm_eps) for _ in range(3))
+            if config.qkv_norm
+            else None
+        )
         self.rope_theta = config.rope_theta
 
     def inv_freq(self, device) -> torch.Tensor:
@@ -75,6 +82,8 @@ class KeelAttention(nn.Module):
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if self.qkv_norm is not None:
+            q, k, v = (n(t).to(t.dtype) for n, t in zip(self.qkv_norm, (q, k, v)))
         inv_freq = self.inv_freq(x.device)
         q, k = rope_rotate(q, inv_freq, positions), rope_rotate(k, inv_freq, positions)
         if cache is not None:
