@@ -28,9 +28,7 @@ VARIANTS = {
 
 
 def load_hf(folder):
-    return transformers.AutoModelForCausalLM.from_pretrained(
-        folder, trust_remote_code=True
-    ).eval()
+    return transformers.AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -71,8 +69,18 @@ def test_hf_generate_greedy_equals_keelctl_generate(trained_run_dir, tmp_path):
     hf_text = prompt + tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
     result = CliRunner().invoke(
         app,
-        ["generate", str(trained_run_dir), "--prompt", prompt, "--temperature", "0",
-         "--max-new-tokens", "24", "--device", "cpu"],
+        [
+            "generate",
+            str(trained_run_dir),
+            "--prompt",
+            prompt,
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "24",
+            "--device",
+            "cpu",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert result.stdout == hf_text + "\n"

@@ -3,9 +3,9 @@
 Standalone: needs torch and transformers only. The math is keelctl's, for every residual
 scheme: each sub-layer is x' = LN_out(alpha * x + F(LN_in(x))) with the rule of config.json's
 `sublayer_rules`; the residual stream, the skip sum and every RMSNorm run in fp32 (or wider)
-whatever the branch dtype; causal attention with RoPE (rotate-half), grouped-query heads and optional
-per-head q/k/v norms (HybridNorm);
-an optional final norm; keys and values kept in transformers' cache while generating.
+whatever the branch dtype; causal attention with RoPE (rotate-half), grouped-query heads and
+optional per-head q/k/v norms (HybridNorm); an optional final norm; keys and values kept in
+transformers' cache while generating.
 Parameter names are keelctl's, so model.safetensors is keelctl's state dict.
 """
 
@@ -83,7 +83,7 @@ class KeelAttention(nn.Module):
         k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if self.qkv_norm is not None:
-            q, k, v = (n(t).to(t.dtype) for n, t in zip(self.qkv_norm, (q, k, v)))
+            q, k, v = (n(t).to(t.dtype) for n, t in zip(self.qkv_norm, (q, k, v), strict=True))
         inv_freq = self.inv_freq(x.device)
         q, k = rope_rotate(q, inv_freq, positions), rope_rotate(k, inv_freq, positions)
         if cache is not None:
