@@ -25,10 +25,17 @@ class DataConfig(_Section):
         "builtin:python-stdlib",
         description="builtin:NAME, a local file/dir/glob, or hf:NAME[:CONFIG] (docs/data.md)",
     )
-    tokenizer: Literal["byte", "bpe"] = Field(
-        "byte", description="byte: 256 bytes + end-of-text, no training; bpe: trained on the corpus"
+    tokenizer: str = Field(
+        "byte",
+        min_length=1,
+        description="byte: 256 bytes + end-of-text, no training; bpe: trained on a sample of the "
+        "corpus; or a pretrained HF tokenizer: a tokenizer.json, a folder holding one, or a hub "
+        "name such as gpt2 (docs/data.md)",
     )
     vocab_size: int | None = Field(None, ge=257, description="BPE vocabulary (bpe only)")
+    tokenizer_train_bytes: int = Field(
+        256_000_000, ge=1, description="bpe only: text the BPE is trained on (the corpus's first)"
+    )
     text_field: str = Field("text", description="field holding the text (jsonl and hf: corpora)")
     split: str = Field("train", description="hf: dataset split to read")
     seq_len: int = Field(256, ge=2, description="tokens per training sequence (context length)")
@@ -37,7 +44,13 @@ class DataConfig(_Section):
     val_tokens: int = Field(65536, ge=2, description="size of the fixed validation set, in tokens")
     max_bytes: int | None = Field(None, ge=1, description="cap on corpus size (bytes of text)")
     cache_dir: str | None = Field(
-        None, description="token cache; None = $KEELCTL_CACHE or ~/.cache/keelctl"
+        None, description="token stores: CACHE/stores/; None = $KEELCTL_CACHE or ~/.cache/keelctl"
+    )
+    store: str | None = Field(
+        None, description="an explicit token store folder (keelctl prepare); None = under cache_dir"
+    )
+    shard_tokens: int = Field(
+        100_000_000, ge=1024, description="tokens per token-store shard (does not change training)"
     )
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes per device")
 
@@ -96,7 +109,20 @@ class TrainerConfig(_Section):
     val_every: int = Field(
         100, ge=1, description="validate (and write last.ckpt / best.ckpt) every N optimizer steps"
     )
+    checkpoint_every_minutes: float | None = Field(
+        30.0,
+        gt=0,
+        description="also write last.ckpt once this many minutes of training passed since the "
+        "last write (a crash loses at most that); null = only after validations",
+    )
+    keep_checkpoints: int = Field(
+        0, ge=0, description="keep the last K step checkpoints (step-N.ckpt) beside last/best"
+    )
     log_every: int = Field(10, ge=1, description="write train metrics every N optimizer steps")
+    loggers: list[Literal["csv", "tensorboard", "wandb", "mlflow"]] = Field(
+        ["csv", "tensorboard"],
+        description="experiment trackers; metrics.csv (csv) is always written (docs/train.md)",
+    )
     grad_flow_every: int = Field(50, ge=0, description="record per-sub-layer grad norms; 0 = off")
     compile: bool = Field(False, description="torch.compile the model")
     activation_checkpointing: bool = Field(
@@ -135,7 +161,8 @@ class RecipeConfig(_Section):
             raise ValueError(f"data.seq_len {seq_len} exceeds model.max_seq_len {max_seq_len}")
         if self.data.tokenizer == "bpe" and self.data.vocab_size is None:
             raise ValueError("data.vocab_size is required with data.tokenizer: bpe")
-        needed = self.data.vocab_size if self.data.tokenizer == "bpe" else 257
+        # A pretrained tokenizer's size is checked when it is loaded (keelctl prepare / train).
+        needed = {"bpe": self.data.vocab_size, "byte": 257}.get(self.data.tokenizer, 0)
         if self.model.vocab_size < needed:
             raise ValueError(f"model.vocab_size {self.model.vocab_size} < tokenizer vocab {needed}")
         t = self.trainer

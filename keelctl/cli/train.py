@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 from pathlib import Path
 
 import typer
@@ -10,6 +11,7 @@ from rich import box
 from rich.table import Table
 
 from keelctl.cli.app import command, console
+from keelctl.errors import KeelError
 
 
 @command("train")
@@ -20,6 +22,13 @@ def train_command(
     ),
     run_dir: Path | None = typer.Option(
         None, "--run-dir", help="Output folder [runs/<recipe name>]."
+    ),
+    auto: str | None = typer.Argument(
+        None,
+        metavar="[auto]",
+        help="With --resume: `--resume auto` continues when RUN/checkpoints/last.ckpt exists "
+        "and starts the run when not (one command line for every start of a requeued job).",
+        show_default=False,
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue from RUN/checkpoints/last.ckpt."),
     max_steps: int | None = typer.Option(
@@ -33,13 +42,22 @@ def train_command(
     from keelctl.config import load_recipe
     from keelctl.train import train
 
+    if auto is not None and str(recipe) == "auto":  # keelctl train --resume auto RECIPE
+        recipe, auto = Path(auto), "auto"
+    if auto is not None and (auto != "auto" or not resume):
+        raise KeelError(
+            f"unexpected argument {auto!r} after the recipe; the one word allowed there is "
+            "auto, right after --resume (--resume auto)"
+        )
     extra = [f"trainer.max_steps={max_steps}"] if max_steps is not None else []
     extra += [f"seed={seed}"] if seed is not None else []
     cfg = load_recipe(recipe, [*overrides, *extra])
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # the summary says it all
-    summary = train(cfg, run_dir, resume=resume)
+    summary = train(cfg, run_dir, resume="auto" if auto else resume)
     if rank_zero_only.rank == 0:  # under ddp/fsdp every process gets here
         console.print(summary_table(summary))
+    if summary["status"] == "preempted":  # as if the signal had ended it: not done yet
+        raise typer.Exit(code=128 + signal.Signals[summary["signal"]])
 
 
 @command("compare-runs")

@@ -1,4 +1,5 @@
-"""Training callbacks: tokens/s, a last validation, the progress bar (loss guard: guards.py)."""
+"""Training callbacks: tokens/s, gradient norm, a last validation, the progress bar (loss guard:
+guards.py; checkpoints: checkpoints.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import lightning as L
 import torch
 from lightning.fabric.utilities.throughput import Throughput
 from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.strategies import FSDPStrategy
 
 
 class TokenThroughput(L.Callback):
@@ -64,6 +66,22 @@ class TokenThroughput(L.Callback):
     @property
     def mean_tokens_per_s(self) -> float:
         return self.session_tokens / self.train_seconds if self.train_seconds else math.nan
+
+
+class GradNorm(L.Callback):
+    """Logs grad_norm: the global L2 norm of the gradients the optimizer step sees (after all
+    micro-batches and the all-reduce, before clipping), on the steps Lightning logs."""
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if not trainer._logger_connector.should_update_logs:  # computed only when logged
+            return
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        if not grads:
+            return
+        square = torch.stack(torch._foreach_norm(grads)).float().square().sum()
+        if isinstance(trainer.strategy, FSDPStrategy):  # each rank holds a shard of the grads
+            square = trainer.strategy.reduce(square, reduce_op="sum")
+        pl_module.log("grad_norm", square.sqrt())
 
 
 class ValidateAtEnd(L.Callback):

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import re
+import signal
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -21,7 +22,7 @@ import lightning as L
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.fabric.utilities.rank_zero import rank_zero_only
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 
 from keelctl.config import RecipeConfig, dump_recipe
 from keelctl.data import PreparedData, prepare_data_section
@@ -37,16 +38,19 @@ from keelctl.runs import (
     remove_partial_writes,
     save_model,
 )
-from keelctl.train.callbacks import TokenThroughput, TrainProgressBar, ValidateAtEnd
+from keelctl.train.callbacks import GradNorm, TokenThroughput, TrainProgressBar, ValidateAtEnd
+from keelctl.train.checkpoints import LAST_CKPT, StepEndCheckpoint, validation_checkpoints
 from keelctl.train.datamodule import TokenDataModule
 from keelctl.train.grad_flow import GradFlowCallback
 from keelctl.train.guards import LossGuard, LossSpike, TrainingDiverged
+from keelctl.train.loggers import close_trackers, make_loggers, start_trackers
 from keelctl.train.module import LanguageModel
+from keelctl.train.preemption import RunPreempted, cluster_plugins, requeue_slurm_job
 from keelctl.train.resume import (
     check_run_dir,
     checkpoint_step,
-    make_loggers,
     open_metrics,
+    resolve_resume,
     resume_state,
     truncate_csv,
 )
@@ -54,8 +58,6 @@ from keelctl.train.scale import AtomicCheckpointIO, gathered_model, make_strateg
 
 log = logging.getLogger(__name__)
 
-LAST_CKPT = "last.ckpt"
-BEST_CKPT = "best.ckpt"
 DEPTH_UNITS = (
     "n_sublayers counts attention+FFN sub-layers (the paper's layers); n_blocks = n_sublayers / 2"
 )
@@ -78,22 +80,26 @@ def train(
     recipe: RecipeConfig,
     run_dir: str | os.PathLike | None = None,
     *,
-    resume: bool = False,
+    resume: bool | str = False,
     progress_bar: bool = True,
     callbacks: Sequence[Callback] = (),
 ) -> dict:
     """Train `recipe` into `run_dir` (default runs/<name>) and return the summary dict
     (also written to RUN/summary.json). resume=True continues from RUN/checkpoints/last.ckpt
-    with its weights, optimizer, scheduler, RNG and data position. Extra Lightning callbacks
-    (e.g. a test's early stop) run after the built-in ones. Under a multi-process launch every
-    process calls this; rank zero writes the run dir."""
+    with its weights, optimizer, scheduler, RNG and data position; resume="auto" does so when
+    that checkpoint exists and starts the run otherwise. A stop signal (preemption.py) ends the
+    run after the current step with a checkpoint: summary status "preempted". Extra Lightning
+    callbacks (e.g. a test's early stop) run after the built-in ones. Under a multi-process
+    launch every process calls this; rank zero writes the run dir."""
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(recipe)
     last_ckpt = run_dir / CHECKPOINTS / LAST_CKPT
     is_rank_zero = rank_zero_only.rank == 0
+    may_start_over = resume == "auto"  # a run killed before its first checkpoint
+    resume = resolve_resume(run_dir, recipe, resume)
     resumed = resume_state(last_ckpt, recipe) if resume else None
     created = not run_dir.exists()
     if is_rank_zero:
-        check_run_dir(run_dir, resume)
+        check_run_dir(run_dir, resume or may_start_over)
     torch.set_flush_denormal(True)  # CPU ops: vanishing gradients' subnormals cost ~8x
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")  # TF32 matmuls in fp32 runs
@@ -108,17 +114,27 @@ def train(
             if created and is_rank_zero and not any(run_dir.iterdir()):
                 run_dir.rmdir()  # leave no empty run dir behind a mistake
             raise
-        while True:
-            try:
-                trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-                break
-            except LossSpike as spike:
-                fit.start_step = spike.event["resumed_from_step"] = checkpoint_step(last_ckpt)
-                _warn_rollback(spike.event, fit.guard)
-                ckpt_path, fit.data = last_ckpt, datamodule.data  # read the corpus once
-                trainer, module, datamodule = fit.setup()
-            except TrainingDiverged as e:
-                raise fit.diverged(e, trainer, module, started) from None
+        try:
+            while True:
+                try:
+                    trainer.fit(
+                        module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True
+                    )
+                    break
+                except LossSpike as spike:
+                    fit.start_step = spike.event["resumed_from_step"] = checkpoint_step(last_ckpt)
+                    _warn_rollback(spike.event, fit.guard)
+                    ckpt_path, fit.data = last_ckpt, datamodule.data  # read the corpus once
+                    trainer, module, datamodule = fit.setup()
+                except TrainingDiverged as e:
+                    fit.status = "diverged"
+                    raise fit.diverged(e, trainer, module, started) from None
+                except RunPreempted as stop:
+                    fit.status = "preempted"
+                    return fit.preempted(stop, trainer, module, started)
+            fit.status = "finished"
+        finally:
+            close_trackers(trainer.loggers, fit.status)
 
     summary = fit.summary(trainer, module, started)
     model = gathered_model(trainer, module)  # every rank: a collective under fsdp
@@ -165,6 +181,7 @@ class _Fit:
         )
         self.throughput = TokenThroughput(recipe.data.batch_size * recipe.data.seq_len)
         self.data: PreparedData | None = None
+        self.status = "failed"  # for the trackers, until the fit ends otherwise
 
     def prepare(self) -> PreparedData:
         return _prepare_data(self.recipe, self.tokenizer)
@@ -183,11 +200,16 @@ class _Fit:
             max_steps=recipe.trainer.max_steps,
             data=self.data,
         )
-        loggers = make_loggers(run_dir) if is_rank_zero else False
+        loggers = (
+            make_loggers(recipe.trainer.loggers, run_dir, recipe.name, self.start_step > 0)
+            if is_rank_zero
+            else False
+        )
         trainer = _trainer(recipe, run_dir, loggers, self)
         if is_rank_zero:  # after the trainer: a hardware mistake leaves the run dir untouched
             atomic_write_text(run_dir / CONFIG_YAML, dump_recipe(recipe))
             open_metrics(loggers[0], run_dir, self.start_step)
+            start_trackers(loggers, run_dir)
             truncate_csv(run_dir / GRADS_CSV, keep_steps_below=self.start_step)
             remove_partial_writes(run_dir / CHECKPOINTS)
             self._log_rollbacks(trainer)
@@ -216,6 +238,16 @@ class _Fit:
             self.guard.rollbacks,
         )
 
+    def preempted(self, stop: RunPreempted, trainer, module, started) -> dict:
+        """Write summary.json (status preempted), requeue a SLURM job warned of its time
+        limit, and return the summary; last.ckpt already holds the step."""
+        summary = self.summary(trainer, module, started)
+        summary.update(status="preempted", signal=signal.Signals(stop.signum).name)
+        if trainer.is_global_zero:
+            atomic_write_json(self.run_dir / SUMMARY_JSON, summary)
+            requeue_slurm_job(stop.signum)
+        return summary
+
     def diverged(self, e: TrainingDiverged, trainer, module, started) -> KeelError:
         """Write summary.json (status diverged) and return the error to raise."""
         summary = self.summary(trainer, module, started)
@@ -226,7 +258,7 @@ class _Fit:
 
 
 def _prepare_data(recipe: RecipeConfig, tokenizer) -> PreparedData:
-    data = prepare_data_section(recipe.data, tokenizer)
+    data = prepare_data_section(recipe.data, tokenizer, max_vocab_size=recipe.model.vocab_size)
     if data.tokenizer.vocab_size > recipe.model.vocab_size:
         raise KeelError(
             f"the tokenizer has {data.tokenizer.vocab_size} ids but model.vocab_size is "
@@ -249,26 +281,12 @@ def _trainer(recipe, run_dir, loggers, fit: _Fit) -> L.Trainer:
     t, o = recipe.trainer, recipe.optim
     ckpt_dir = run_dir / CHECKPOINTS
     callbacks = [
+        StepEndCheckpoint(ckpt_dir, t.val_every, t.checkpoint_every_minutes, t.keep_checkpoints),
         fit.guard,
         fit.throughput,
+        GradNorm(),
         ValidateAtEnd(),
-        # Both save after each validation (val_every steps), best first so last.ckpt
-        # carries the updated best score.
-        ModelCheckpoint(
-            dirpath=ckpt_dir,
-            filename=BEST_CKPT.removesuffix(".ckpt"),
-            monitor="val_loss",
-            mode="min",
-            save_top_k=1,
-            enable_version_counter=False,
-        ),
-        ModelCheckpoint(
-            dirpath=ckpt_dir,
-            filename=LAST_CKPT.removesuffix(".ckpt"),
-            monitor=None,
-            save_top_k=1,
-            enable_version_counter=False,
-        ),
+        *validation_checkpoints(ckpt_dir, t.keep_checkpoints),
     ]
     if t.grad_flow_every > 0:
         callbacks.append(GradFlowCallback(t.grad_flow_every, run_dir / GRADS_CSV))
@@ -281,7 +299,7 @@ def _trainer(recipe, run_dir, loggers, fit: _Fit) -> L.Trainer:
             devices=t.devices,
             num_nodes=t.num_nodes,
             strategy=make_strategy(t),
-            plugins=[AtomicCheckpointIO()],
+            plugins=[AtomicCheckpointIO(), *cluster_plugins()],
             precision=t.precision,
             max_steps=t.max_steps,
             max_epochs=-1,

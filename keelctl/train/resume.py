@@ -4,14 +4,14 @@ earlier records does a resumed run keep. Layout: docs/runs.md."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import pickle
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+import yaml
+from lightning.pytorch.loggers import CSVLogger
 
 from keelctl.config import RecipeConfig
 from keelctl.data import tokenizer_from_dict
@@ -25,6 +25,7 @@ from keelctl.runs import (
     SUMMARY_JSON,
     atomic_path,
 )
+from keelctl.train.checkpoints import LAST_CKPT
 from keelctl.train.module import TOKENIZER_KEY
 
 # Keys a resumed run may change; any other difference would make the resumed run a different
@@ -37,6 +38,9 @@ RESUMABLE_CHANGES = frozenset(
         "trainer.accelerator",
         "trainer.log_every",
         "trainer.val_every",
+        "trainer.checkpoint_every_minutes",
+        "trainer.keep_checkpoints",
+        "trainer.loggers",
         "trainer.grad_flow_every",
         "trainer.compile",
         "trainer.activation_checkpointing",
@@ -79,11 +83,35 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
         ) from None
 
 
+def resolve_resume(run_dir: Path, recipe: RecipeConfig, resume: bool | str) -> bool:
+    """Whether to resume. resume="auto": yes when RUN/checkpoints/last.ckpt exists (resume_state
+    then checks it); no when it does not, if the run dir is new or holds this recipe's run
+    killed before its first checkpoint, which then starts over."""
+    if resume != "auto":
+        return bool(resume)
+    if (run_dir / CHECKPOINTS / LAST_CKPT).exists():
+        return True
+    config = run_dir / CONFIG_YAML
+    if config.is_file():
+        try:
+            saved = RecipeConfig(**yaml.safe_load(config.read_text()))
+        except (yaml.YAMLError, TypeError, ValueError):
+            saved = None
+        changed = _unresumable_changes(saved, recipe) if saved else ["(unreadable)"]
+        if changed:
+            raise KeelError(
+                f"--resume auto: run dir {run_dir} holds another recipe's run (its {CONFIG_YAML} "
+                f"differs in {', '.join(changed)}) and no checkpoint; choose another --run-dir"
+            )
+    return False
+
+
 def resume_state(last_ckpt: Path, recipe: RecipeConfig) -> dict:
     """Tokenizer and step of the checkpoint, after checking the recipe still matches it."""
     if not last_ckpt.is_file():
         raise KeelError(
-            f"--resume: no checkpoint at {last_ckpt}; train without --resume to start this run"
+            f"--resume: no checkpoint at {last_ckpt}; train without --resume to start this "
+            "run (--resume auto does either)"
         )
     ckpt = read_checkpoint(last_ckpt)
     try:
@@ -181,15 +209,6 @@ def _diff(a: dict, b: dict, prefix: str = "") -> Iterator[str]:
             yield from _diff(va, vb, f"{prefix}{key}.")
         elif va != vb:
             yield f"{prefix}{key}"
-
-
-def make_loggers(run_dir: Path) -> list[Logger]:
-    """CSVLogger for RUN/metrics.csv, and TensorBoard under RUN/tensorboard when it is
-    installed. Nothing is written until open_metrics() or the first log."""
-    loggers: list[Logger] = [CSVLogger(save_dir=run_dir, name="", version="")]
-    if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
-        loggers.append(TensorBoardLogger(save_dir=run_dir, name="tensorboard", version=""))
-    return loggers
 
 
 def open_metrics(csv_logger: CSVLogger, run_dir: Path, resume_step: int) -> None:

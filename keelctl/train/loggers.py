@@ -1,0 +1,144 @@
+"""Experiment trackers (trainer.loggers): Lightning's CSV, TensorBoard, W&B and MLflow loggers.
+
+metrics.csv (CSVLogger) is always written: it is the run dir's record that compare-runs, plots
+and --resume read. Every tracker gets the same metrics and the recipe as hyperparameters (the
+LightningModule's hparams, which Lightning logs at the start of each fit). A resumed run keeps
+logging into the same W&B / MLflow run: their ids are kept in RUN/trackers.json.
+
+Where they write: TensorBoard RUN/tensorboard; W&B RUN/wandb (project $WANDB_PROJECT, default
+keelctl; WANDB_MODE=offline for no network); MLflow $MLFLOW_TRACKING_URI, default
+file:RUN/mlruns (experiment $MLFLOW_EXPERIMENT_NAME, default keelctl).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from lightning.pytorch.loggers import (
+    CSVLogger,
+    Logger,
+    MLFlowLogger,
+    TensorBoardLogger,
+    WandbLogger,
+)
+from matplotlib.figure import Figure
+
+from keelctl.errors import KeelError
+from keelctl.runs import atomic_write_json
+
+# logger name -> (module it needs, pip extra that installs it)
+_NEEDS = {
+    "tensorboard": ("tensorboard", "keelctl (tensorboard is a dependency: reinstall keelctl)"),
+    "wandb": ("wandb", "keelctl[wandb]"),
+    "mlflow": ("mlflow", "keelctl[mlflow]"),
+}
+TRACKERS_JSON = "trackers.json"  # {"wandb": run id, "mlflow": run id}
+PROJECT = "keelctl"  # W&B project and MLflow experiment unless the environment names one
+
+
+def check_loggers_installed(names: Sequence[str]) -> None:
+    """One line naming the extra to install when a chosen tracker's package is missing."""
+    for name in names:
+        module, extra = _NEEDS.get(name, (None, None))
+        if module and importlib.util.find_spec(module) is None:
+            raise KeelError(
+                f"trainer.loggers has {name}, but the {module} package is not installed; "
+                f"pip install '{extra}', or remove {name} from trainer.loggers"
+            )
+
+
+def make_loggers(names: Sequence[str], run_dir: Path, run_name: str, resumed: bool) -> list[Logger]:
+    """CSVLogger for RUN/metrics.csv first, then the trackers in `names` (rank zero only).
+    Nothing is written until open_metrics() (resume.py) or the first log."""
+    check_loggers_installed(names)
+    ids = _read_ids(run_dir) if resumed else {}
+    loggers: list[Logger] = [CSVLogger(save_dir=run_dir, name="", version="")]
+    if "tensorboard" in names:
+        loggers.append(TensorBoardLogger(save_dir=run_dir, name="tensorboard", version=""))
+    if "wandb" in names:
+        loggers.append(
+            WandbLogger(
+                name=run_name,
+                save_dir=run_dir,
+                project=os.environ.get("WANDB_PROJECT", PROJECT),
+                id=ids.get("wandb"),
+                resume="allow",
+            )
+        )
+    if "mlflow" in names:
+        loggers.append(
+            MLFlowLogger(
+                experiment_name=os.environ.get("MLFLOW_EXPERIMENT_NAME", PROJECT),
+                run_name=run_name,
+                tracking_uri=os.environ.get("MLFLOW_TRACKING_URI")
+                or (run_dir / "mlruns").resolve().as_uri(),
+                run_id=ids.get("mlflow"),
+            )
+        )
+    return loggers
+
+
+def start_trackers(loggers: Sequence[Logger], run_dir: Path) -> None:
+    """Create the tracker runs now and record their ids, so a resume continues them."""
+    ids = {}
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            ids["wandb"] = logger.experiment.id
+        elif isinstance(logger, MLFlowLogger):
+            logger.experiment.update_run(logger.run_id, status="RUNNING")  # a resumed run
+            ids["mlflow"] = logger.run_id
+    if ids:
+        atomic_write_json(run_dir / TRACKERS_JSON, ids)
+
+
+def _read_ids(run_dir: Path) -> dict:
+    path = run_dir / TRACKERS_JSON
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise KeelError(
+            f"{path} is not valid JSON; delete it to log the resumed run into new tracker runs"
+        ) from None
+
+
+def close_trackers(loggers: Sequence[Logger], status: str) -> None:
+    """End the W&B and MLflow runs of this process (status: finished, preempted, diverged);
+    Lightning's finalize leaves W&B open and marks an interrupted MLflow run FAILED."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            logger.experiment.finish(exit_code=0 if status == "finished" else 1)
+        elif isinstance(logger, MLFlowLogger) and logger._initialized:
+            mlflow_status = {"finished": "FINISHED", "preempted": "KILLED"}.get(status, "FAILED")
+            logger.experiment.set_terminated(logger.run_id, mlflow_status)
+
+
+def log_figure(loggers: Sequence[Logger], tag: str, figure: Figure, step: int) -> None:
+    """The figure as an image in every tracker that shows images (not metrics.csv)."""
+    png = None
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_figure(tag, figure, global_step=step, close=False)
+        elif isinstance(logger, WandbLogger):
+            png = png or _png(figure)
+            logger.log_image(tag, [_pil(png)], step=step)
+        elif isinstance(logger, MLFlowLogger):
+            logger.experiment.log_figure(logger.run_id, figure, f"{tag}/step-{step:07d}.png")
+
+
+def _png(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _pil(png: bytes):
+    from PIL import Image
+
+    return Image.open(io.BytesIO(png))
