@@ -1,8 +1,8 @@
-"""Corpora: turn a corpus spec into train and validation documents (lists of strings).
+"""Corpora: turn a corpus spec into a stream of (key, text) documents, and the split rule.
 
 Specs (docs/data.md):
     builtin:python-stdlib   the running Python's standard-library *.py sources
-    PATH | DIR | GLOB       local text (jsonl: one document per line, its text field)
+    PATH | DIR | GLOB       local text (jsonl: one document per line, parquet: one per row)
     hf:NAME[:CONFIG]        a Hugging Face dataset (hub name, local data dir, or save_to_disk dir)
 
 The train/validation split is by document and deterministic: documents are ranked by a hash of
@@ -17,7 +17,7 @@ import hashlib
 import json
 import re
 import sysconfig
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import takewhile
 from pathlib import Path
@@ -42,6 +42,64 @@ class CorpusSplits:
     val: list[str]
 
 
+@dataclass(frozen=True)
+class Corpus:
+    """A corpus spec, resolved: streams its documents and names itself cheaply.
+
+    documents() yields (stable key, text) in a fixed order; validation_documents() yields the
+    dataset's own validation split (hf: only) or None. Nothing is held in memory."""
+
+    spec: str
+    text_field: str = "text"
+    hf_split: str = "train"
+
+    def documents(self) -> Iterator[tuple[str, str]]:
+        if self.spec.startswith("hf:"):
+            from keelctl.data.hf_corpus import hf_documents
+
+            return hf_documents(self.spec[3:], self.text_field, self.hf_split)
+        return _keyed_documents(self.spec, self.text_field)
+
+    def validation_documents(self) -> Iterator[tuple[str, str]] | None:
+        if not self.spec.startswith("hf:"):
+            return None
+        from keelctl.data.hf_corpus import hf_validation_documents
+
+        return hf_validation_documents(self.spec[3:], self.text_field, self.hf_split)
+
+    def fingerprint(self) -> dict:
+        """What identifies the corpus without reading it: file paths, sizes and mtimes, or an
+        hf dataset's name, config and split (its files' stats when it is a local folder)."""
+        if self.spec.startswith("hf:"):
+            from keelctl.data.hf_corpus import hf_fingerprint
+
+            return hf_fingerprint(self.spec[3:], self.hf_split)
+        root, files = _source_files(self.spec)
+        stats = []
+        for path in files:
+            st = path.stat()
+            stats.append([path.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns])
+        return {"spec": self.spec, "files": stats}
+
+    def size_hint(self) -> int | None:
+        """Bytes of input to read (for progress), when cheap to know."""
+        if self.spec.startswith("hf:"):
+            from keelctl.data.hf_corpus import hf_size_hint
+
+            return hf_size_hint(self.spec[3:], self.hf_split)
+        return sum(path.stat().st_size for path in _source_files(self.spec)[1])
+
+
+def open_corpus(spec: str, text_field: str = "text", hf_split: str = "train") -> Corpus:
+    """Check a spec's form and that its files exist; reads no document."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise KeelError("empty corpus spec; use builtin:python-stdlib, a path or glob, or hf:NAME")
+    corpus = Corpus(spec.strip(), text_field, hf_split)
+    if not corpus.spec.startswith("hf:"):
+        _source_files(corpus.spec)  # raises for a missing path or an unknown scheme
+    return corpus
+
+
 def load_documents(
     spec: str,
     split: str,
@@ -64,6 +122,13 @@ def load_documents(
     return splits.train if split == "train" else splits.val
 
 
+def check_split_args(val_fraction: float, max_bytes: int | None) -> None:
+    if not 0 < val_fraction < 1:
+        raise KeelError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+    if max_bytes is not None and max_bytes < 1:
+        raise KeelError(f"max_bytes must be at least 1, got {max_bytes}")
+
+
 def load_splits(
     spec: str,
     *,
@@ -72,55 +137,50 @@ def load_splits(
     hf_split: str = "train",
     max_bytes: int | None = None,
 ) -> CorpusSplits:
-    """Both splits at once (one read of the corpus)."""
-    if not 0 < val_fraction < 1:
-        raise KeelError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
-    if max_bytes is not None and max_bytes < 1:
-        raise KeelError(f"max_bytes must be at least 1, got {max_bytes}")
-    if not isinstance(spec, str) or not spec.strip():
-        raise KeelError("empty corpus spec; use builtin:python-stdlib, a path or glob, or hf:NAME")
-    spec = spec.strip()
-
-    if spec.startswith("hf:"):
-        from keelctl.data.hf_corpus import load_hf_splits
-
-        train, val = load_hf_splits(
-            spec[3:], text_field=text_field, hf_split=hf_split, max_bytes=max_bytes
-        )
-        train = _nonempty(cap_bytes(train, max_bytes), spec)
-        if val is None:
-            splits = split_documents(train, val_fraction)
-        else:  # the dataset's own validation split, capped to its share of max_bytes
-            cap = None if max_bytes is None else max(1, int(max_bytes * val_fraction))
-            val = [t for _, t in cap_bytes(val, cap) if t.strip()]
-            splits = CorpusSplits(train=[t for _, t in train], val=val)
-    else:
-        keyed = cap_bytes(_keyed_documents(spec, text_field), max_bytes)
-        splits = split_documents(_nonempty(keyed, spec), val_fraction)
+    """Both splits in memory (one read of the corpus). The token store streams the same
+    documents and applies the same rule without holding them (keelctl.data.prepare)."""
+    check_split_args(val_fraction, max_bytes)
+    corpus = open_corpus(spec, text_field, hf_split)
+    train = _nonempty(capped_nonempty(corpus.documents(), max_bytes), corpus.spec)
+    own_val = corpus.validation_documents()
+    if own_val is None:
+        splits = split_documents(train, val_fraction)
+    else:  # the dataset's own validation split, capped to its share of max_bytes
+        val = [t for _, t in capped_nonempty(own_val, val_cap(max_bytes, val_fraction))]
+        splits = CorpusSplits(train=[t for _, t in train], val=val)
     if not any(t.strip() for t in splits.train) or not any(t.strip() for t in splits.val):
         raise KeelError(f"corpus {spec!r} gives an empty train or validation split; add text")
     return splits
 
 
-def _keyed_documents(spec: str, text_field: str) -> list[tuple[str, str]]:
+def val_cap(max_bytes: int | None, val_fraction: float) -> int | None:
+    return None if max_bytes is None else max(1, int(max_bytes * val_fraction))
+
+
+def _keyed_documents(spec: str, text_field: str) -> Iterator[tuple[str, str]]:
     """(stable key, text) pairs for builtin and local specs, in sorted key order."""
+    root, files = _source_files(spec)
+    for path in files:
+        key = path.relative_to(root).as_posix()
+        suffix = path.suffix.lower()
+        if suffix == ".jsonl":
+            yield from _jsonl_documents(path, key, text_field)
+        elif suffix == ".parquet":
+            yield from _parquet_documents(path, key, text_field)
+        else:
+            yield key, read_text(path)
+
+
+def _source_files(spec: str) -> tuple[Path, list[Path]]:
     if spec.startswith("builtin:"):
         name = spec.removeprefix("builtin:")
         if name != "python-stdlib":
             raise KeelError(f"unknown builtin corpus {name!r}; available: {', '.join(BUILTINS)}")
-        return python_stdlib_documents()
-    root, files = _resolve_local(spec)
-    docs: list[tuple[str, str]] = []
-    for path in files:
-        key = path.relative_to(root).as_posix()
-        if path.suffix.lower() == ".jsonl":
-            docs.extend(_jsonl_documents(path, key, text_field))
-        else:
-            docs.append((key, read_text(path)))
-    return docs
+        return _stdlib_files()
+    return _resolve_local(spec)
 
 
-def python_stdlib_documents() -> list[tuple[str, str]]:
+def _stdlib_files() -> tuple[Path, list[Path]]:
     """Every *.py under the interpreter's stdlib folder, tests included, packages excluded."""
     root = Path(sysconfig.get_paths()["stdlib"])
     files = [
@@ -128,7 +188,12 @@ def python_stdlib_documents() -> list[tuple[str, str]]:
         for p in root.rglob("*.py")
         if not {"site-packages", "dist-packages"} & set(p.relative_to(root).parts)
     ]
-    return [(p.relative_to(root).as_posix(), read_text(p)) for p in sorted(files)]
+    return root, sorted(files)
+
+
+def python_stdlib_documents() -> Iterator[tuple[str, str]]:
+    root, files = _stdlib_files()
+    return ((p.relative_to(root).as_posix(), read_text(p)) for p in files)
 
 
 def _resolve_local(spec: str) -> tuple[Path, list[Path]]:
@@ -169,45 +234,72 @@ def read_text(path: Path) -> str:
     return path.read_bytes().decode("utf-8", errors="replace")
 
 
-def _jsonl_documents(path: Path, key: str, text_field: str) -> list[tuple[str, str]]:
-    docs = []
-    for lineno, line in enumerate(read_text(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise KeelError(f"{path}:{lineno} is not valid JSON ({e.msg}); fix the line") from None
-        text = record.get(text_field) if isinstance(record, dict) else None
-        if not isinstance(text, str):
-            raise KeelError(
-                f"{path}:{lineno} has no text field {text_field!r}; set data.text_field "
-                "to the key that holds the text"
-            )
-        docs.append((f"{key}#{lineno}", text))
-    return docs
+def _jsonl_documents(path: Path, key: str, text_field: str) -> Iterator[tuple[str, str]]:
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            line = raw.decode("utf-8", errors="replace")
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise KeelError(
+                    f"{path}:{lineno} is not valid JSON ({e.msg}); fix the line"
+                ) from None
+            text = record.get(text_field) if isinstance(record, dict) else None
+            if not isinstance(text, str):
+                raise KeelError(
+                    f"{path}:{lineno} has no text field {text_field!r}; set data.text_field "
+                    "to the key that holds the text"
+                )
+            yield f"{key}#{lineno}", text
+
+
+def _parquet_documents(path: Path, key: str, text_field: str) -> Iterator[tuple[str, str]]:
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises ArrowInvalid and friends for a bad file
+        raise KeelError(f"{path} is not a readable parquet file ({e}); check the file") from None
+    columns = parquet.schema_arrow.names
+    if text_field not in columns:
+        raise KeelError(
+            f"{path} has no column {text_field!r}; columns: {', '.join(columns)} "
+            "(set data.text_field)"
+        )
+    row = 0
+    for batch in parquet.iter_batches(batch_size=1024, columns=[text_field]):
+        for text in batch.column(0).to_pylist():
+            yield f"{key}#{row}", text if isinstance(text, str) else ""
+            row += 1
 
 
 def _nonempty(docs: Iterable[tuple[str, str]], spec: str) -> list[tuple[str, str]]:
-    kept = [(k, t) for k, t in docs if t.strip()]
+    kept = list(docs)
     if not kept:
         raise KeelError(f"corpus {spec!r} has no text (no documents, or all empty); check the spec")
     return kept
 
 
-def cap_bytes(docs: Iterable[tuple[str, str]], max_bytes: int | None) -> list[tuple[str, str]]:
-    """The first documents holding at most max_bytes of UTF-8; the last one cut to fit."""
-    if max_bytes is None:
-        return list(docs)
-    kept, left = [], max_bytes
+def capped_nonempty(
+    docs: Iterable[tuple[str, str]], max_bytes: int | None
+) -> Iterator[tuple[str, str]]:
+    """The first documents holding at most max_bytes of UTF-8 (the last one cut to fit), then
+    the empty and whitespace-only ones dropped. Streams: the order of both steps matters."""
+    left = max_bytes
     for key, text in docs:
-        data = text.encode("utf-8")
-        if len(data) >= left:
-            kept.append((key, data[:left].decode("utf-8", errors="ignore")))
-            break
-        kept.append((key, text))
-        left -= len(data)
-    return kept
+        if left is not None:
+            data = text.encode("utf-8")
+            if len(data) >= left:
+                text = data[:left].decode("utf-8", errors="ignore")
+                left = 0
+            else:
+                left -= len(data)
+        if text.strip():
+            yield key, text
+        if left == 0:
+            return
 
 
 def split_documents(docs: list[tuple[str, str]], val_fraction: float) -> CorpusSplits:

@@ -1,8 +1,9 @@
-"""Hugging Face datasets as corpora: `hf:NAME[:CONFIG]`.
+"""Hugging Face datasets as streamed corpora: `hf:NAME[:CONFIG]`.
 
-NAME is a hub dataset (loaded with datasets.load_dataset, so it needs the network or the HF
-cache), a local folder of data files (also load_dataset), or a folder written by
-Dataset/DatasetDict.save_to_disk (datasets.load_from_disk, fully offline).
+NAME is a hub dataset or a local folder of data files (both read with datasets.load_dataset
+and streaming=True: rows arrive as they are read, nothing is converted or held), or a folder
+written by Dataset/DatasetDict.save_to_disk (datasets.load_from_disk: memory-mapped arrow,
+fully offline). A row's key is its index in the split.
 """
 
 from __future__ import annotations
@@ -16,26 +17,51 @@ VALIDATION_SPLIT = "validation"
 _BATCH = 1000
 
 
-def load_hf_splits(
-    name_spec: str, *, text_field: str, hf_split: str, max_bytes: int | None
-) -> tuple[list[tuple[str, str]], list[tuple[str, str]] | None]:
-    """(train documents, the dataset's validation documents or None) as (key, text) pairs.
-
-    Train is the `hf_split` split, its first documents capped at max_bytes; validation is the
-    dataset's own 'validation' split when it has one and hf_split is another split."""
-    name, config = parse_hf_spec(name_spec)
-    loaded = _load(name, config)
-    splits = loaded if isinstance(loaded, dict) else {hf_split: loaded}  # one saved Dataset
-    label = f"hf dataset {name!r}" + (f" (config {config!r})" if config else "")
+def hf_documents(name_spec: str, text_field: str, hf_split: str) -> Iterator[tuple[str, str]]:
+    """(row index, text) of the split `hf_split`, in row order."""
+    splits, label = _open(name_spec, hf_split)
     if hf_split not in splits:
         raise KeelError(
             f"{label} has no split {hf_split!r}; available: {', '.join(splits)} (set data.split)"
         )
-    train = list(_documents(splits[hf_split], text_field, label, max_bytes))
-    val = None
-    if hf_split != VALIDATION_SPLIT and VALIDATION_SPLIT in splits:
-        val = list(_documents(splits[VALIDATION_SPLIT], text_field, label, None))
-    return train, val
+    return _rows(splits[hf_split], text_field, label)
+
+
+def hf_validation_documents(
+    name_spec: str, text_field: str, hf_split: str
+) -> Iterator[tuple[str, str]] | None:
+    """The dataset's own 'validation' split, when it has one and hf_split is another."""
+    splits, label = _open(name_spec, hf_split)
+    if hf_split == VALIDATION_SPLIT or VALIDATION_SPLIT not in splits:
+        return None
+    return _rows(splits[VALIDATION_SPLIT], text_field, label)
+
+
+def hf_fingerprint(name_spec: str, hf_split: str) -> dict:
+    """A local folder: its files' paths, sizes and mtimes. A hub dataset: name, config, split
+    (a new upload under the same name is not noticed; docs/data.md)."""
+    name, config = parse_hf_spec(name_spec)
+    path = Path(name).expanduser()
+    fingerprint = {"hf": name, "config": config, "split": hf_split}
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        fingerprint["files"] = [
+            [p.relative_to(path).as_posix(), p.stat().st_size, p.stat().st_mtime_ns] for p in files
+        ]
+    return fingerprint
+
+
+def hf_size_hint(name_spec: str, hf_split: str) -> int | None:
+    name, _ = parse_hf_spec(name_spec)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    try:
+        splits, _ = _open(name_spec, hf_split)
+        info = splits[hf_split].info.splits
+        return info[hf_split].num_bytes if info and hf_split in info else None
+    except (KeelError, KeyError, AttributeError):
+        return None
 
 
 def parse_hf_spec(name_spec: str) -> tuple[str, str | None]:
@@ -50,17 +76,19 @@ def parse_hf_spec(name_spec: str) -> tuple[str, str | None]:
     return name, config
 
 
-def _load(name: str, config: str | None):
-    """A datasets.Dataset or DatasetDict; every loading failure becomes a KeelError."""
+def _open(name_spec: str, hf_split: str) -> tuple[dict, str]:
+    """({split name: Dataset or IterableDataset}, label); loading failures are KeelErrors."""
     import datasets
 
+    name, config = parse_hf_spec(name_spec)
+    label = f"hf dataset {name!r}" + (f" (config {config!r})" if config else "")
     path = Path(name)
     saved = path.is_dir() and any((path / f).is_file() for f in ("state.json", "dataset_dict.json"))
     try:
         if saved:
             loaded = datasets.load_from_disk(str(path))
         else:
-            loaded = datasets.load_dataset(name, config)
+            loaded = datasets.load_dataset(name, config, streaming=True)
     except datasets.exceptions.DatasetNotFoundError as e:
         raise KeelError(
             f"hf dataset {name!r} was not found on the Hugging Face hub or in the local cache "
@@ -75,27 +103,31 @@ def _load(name: str, config: str | None):
         ) from None
     except ValueError as e:  # e.g. an unknown config name
         raise KeelError(f"hf dataset {name!r}: {_first_line(e)}") from None
-    return loaded
+    splits = dict(loaded) if isinstance(loaded, dict) else {hf_split: loaded}  # one saved Dataset
+    return splits, label
 
 
-def _documents(ds, text_field: str, label: str, max_bytes: int | None) -> Iterator[tuple[str, str]]:
-    """(row index, text) in row order, stopping once max_bytes of UTF-8 have been yielded."""
-    if text_field not in ds.column_names:
+def _rows(ds, text_field: str, label: str) -> Iterator[tuple[str, str]]:
+    columns = ds.column_names
+    if columns is not None and text_field not in columns:
         raise KeelError(
-            f"{label} has no column {text_field!r}; columns: {', '.join(ds.column_names)} "
+            f"{label} has no column {text_field!r}; columns: {', '.join(columns)} "
             "(set data.text_field)"
         )
-    row, total = 0, 0
-    for batch in ds.select_columns([text_field]).iter(batch_size=_BATCH):
+    return _row_texts(ds.select_columns([text_field]), text_field, label)
+
+
+def _row_texts(ds, text_field: str, label: str) -> Iterator[tuple[str, str]]:
+    row = 0
+    for batch in ds.iter(batch_size=_BATCH):
+        if text_field not in batch:
+            raise KeelError(f"{label} has no column {text_field!r} (set data.text_field)")
         for text in batch[text_field]:
             if text is not None and not isinstance(text, str):
                 kind = type(text).__name__
                 raise KeelError(f"{label} column {text_field!r} holds {kind}, not text")
             yield str(row), text or ""
             row += 1
-            total += len((text or "").encode("utf-8"))
-            if max_bytes is not None and total >= max_bytes:
-                return
 
 
 def _first_line(e: Exception) -> str:

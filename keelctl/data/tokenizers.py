@@ -1,12 +1,23 @@
-"""Tokenizers: byte-level (offline default, no training) and a BPE trained locally with HF
-`tokenizers`. Either serialises to a small dict that travels in model.json and checkpoints."""
+"""Tokenizers: byte-level (offline default, no training), a BPE trained locally with HF
+`tokenizers`, and a pretrained HF tokenizer (a tokenizer.json, a folder holding one, or a hub
+name). Each serialises to a small dict that travels in model.json and checkpoints; bpe and
+pretrained dicts hold the full tokenizers JSON string under "tokenizer_json"."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Protocol
 
+from keelctl.errors import KeelError
+
 EOT_TEXT = "<|endoftext|>"
+BUILT_IN = ("byte", "bpe")
+# End-of-text tokens of common pretrained tokenizers, in the order they are looked for:
+# GPT-2 / GPT-NeoX, Llama 3, Llama 2 / Mistral / T5, Gemma.
+EOT_CANDIDATES = (EOT_TEXT, "<|end_of_text|>", "</s>", "<eos>")
 
 
 class Tokenizer(Protocol):
@@ -77,11 +88,97 @@ class BPETokenizer:
         return {"kind": "bpe", "tokenizer_json": self._tok.to_str()}
 
 
+class PretrainedTokenizer(BPETokenizer):
+    """A ready-made HF `tokenizers` tokenizer (GPT-2's, Llama's, a user's tokenizer.json).
+
+    Documents are encoded without the tokenizer's own special tokens (no BOS), each followed by
+    eot_id, exactly like the built-in tokenizers. `source` is what data.tokenizer named."""
+
+    kind = "pretrained"
+
+    def __init__(self, hf_tokenizer, source: str, eot_id: int | None = None):
+        self._tok, self.source = hf_tokenizer, source
+        self.vocab_size = hf_tokenizer.get_vocab_size(with_added_tokens=True)
+        self.eot_id = find_eot_id(hf_tokenizer, source) if eot_id is None else eot_id
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
+
+    def to_dict(self) -> dict:
+        return {
+            "kind": "pretrained",
+            "source": self.source,
+            "eot_id": self.eot_id,
+            "vocab_size": self.vocab_size,
+            "tokenizer_json": self._tok.to_str(),
+        }
+
+
+def find_eot_id(hf_tokenizer, source: str) -> int:
+    for text in EOT_CANDIDATES:
+        token_id = hf_tokenizer.token_to_id(text)
+        if token_id is not None:
+            return token_id
+    raise KeelError(
+        f"tokenizer {source!r} has none of the end-of-text tokens {', '.join(EOT_CANDIDATES)}; "
+        "add one to its tokenizer.json as a special token"
+    )
+
+
+def load_pretrained(name: str) -> PretrainedTokenizer:
+    """A tokenizer.json file, a folder holding one, or a hub repo name (network or HF cache)."""
+    from tokenizers import Tokenizer as HFTokenizer
+
+    path = Path(name).expanduser()
+    if path.is_dir():
+        path = path / "tokenizer.json"
+        if not path.is_file():
+            raise KeelError(
+                f"data.tokenizer {name!r} is a folder without tokenizer.json; point it at a "
+                "tokenizer.json, a folder holding one, or use byte or bpe"
+            )
+    if path.is_file():
+        try:
+            return PretrainedTokenizer(HFTokenizer.from_file(str(path)), name)
+        except KeelError:
+            raise
+        except Exception as e:  # tokenizers raises a bare Exception for unparsable files
+            first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+            raise KeelError(
+                f"data.tokenizer {str(path)!r} is not a Hugging Face tokenizer.json ({first}); "
+                "give a tokenizer.json, a folder holding one, a hub name, byte or bpe"
+            ) from None
+    if name.startswith((".", "/", "~")) or name.endswith(".json"):
+        raise KeelError(f"data.tokenizer {name!r} does not exist; check the path")
+    try:
+        return PretrainedTokenizer(HFTokenizer.from_pretrained(name), name)
+    except KeelError:
+        raise
+    except Exception as e:
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise KeelError(
+            f"tokenizer {name!r} could not be loaded from the Hugging Face hub or its cache "
+            f"({first}); check the name, connect to the network, or give a local tokenizer.json"
+        ) from None
+
+
+def tokenizer_digest(tok: Tokenizer) -> str:
+    """SHA-256 of a tokenizer's dict: equal digests, equal ids for every text."""
+    return hashlib.sha256(json.dumps(tok.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
 def tokenizer_from_dict(spec: dict) -> Tokenizer:
-    if spec.get("kind") == "byte":
+    kind = spec.get("kind")
+    if kind == "byte":
         return ByteTokenizer()
-    if spec.get("kind") == "bpe":
+    if kind in ("bpe", "pretrained"):
         from tokenizers import Tokenizer as HFTokenizer
 
-        return BPETokenizer(HFTokenizer.from_str(spec["tokenizer_json"]))
-    raise ValueError(f"unknown tokenizer kind {spec.get('kind')!r}; expected 'byte' or 'bpe'")
+        hf_tokenizer = HFTokenizer.from_str(spec["tokenizer_json"])
+        if kind == "bpe":
+            return BPETokenizer(hf_tokenizer)
+        return PretrainedTokenizer(hf_tokenizer, spec.get("source", ""), spec.get("eot_id"))
+    raise ValueError(f"unknown tokenizer kind {kind!r}; expected 'byte', 'bpe' or 'pretrained'")

@@ -1,0 +1,168 @@
+"""The token store: streamed prepare equals the in-memory split and tokens, resumes after a
+kill to the identical bytes, is found without reading the corpus, and reads as one array."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from store_helpers import documents_from_tokens, folder_digest
+
+import keelctl.data.build as build
+from keelctl.data import ByteTokenizer, ShardedTokens, TrainWindows, prepare_tokens
+from keelctl.data.corpora import Corpus, load_splits
+from keelctl.data.encode import byte_tokens
+from keelctl.data.tokenizers import BPETokenizer
+
+
+@pytest.fixture
+def jsonl_corpus(tmp_path):
+    """Two jsonl files of 150 short records (a few empty), like a web-text dump."""
+    folder = tmp_path / "jsonl"
+    folder.mkdir()
+    for f in range(2):
+        rows = [{"text": "" if i % 37 == 5 else f"record {f}-{i}: " + "héllo wörld " * (i % 7)}
+                for i in range(150)]  # fmt: skip
+        (folder / f"part{f}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+@pytest.mark.parametrize("corpus", ["tiny_corpus", "jsonl_corpus"])
+def test_streamed_store_equals_in_memory_split_and_tokens(corpus, request, tmp_path):
+    spec = str(request.getfixturevalue(corpus))
+    p = prepare_tokens(spec, val_fraction=0.1, cache_dir=tmp_path / "cache", workers=1)
+    splits = load_splits(spec, val_fraction=0.1)
+    assert isinstance(p.tokenizer, ByteTokenizer) and p.train.dtype == np.uint16
+    assert np.array_equal(np.asarray(p.train), byte_tokens(splits.train, 256))
+    assert np.array_equal(np.asarray(p.val), byte_tokens(splits.val, 256))
+    m = p.meta["splits"]
+    assert m["train"]["docs"] == len(splits.train) and m["val"]["docs"] == len(splits.val)
+    assert m["train"]["bytes"] == sum(len(t.encode()) for t in splits.train)
+    assert m["train"]["tokens"] == m["train"]["bytes"] + m["train"]["docs"] == len(p.train)
+    assert p.meta["format"] == 2 and p.meta["tokenizer"]["kind"] == "byte"
+    assert not (p.path.parent / f"{p.path.name}.partial").exists()
+
+
+def test_bpe_store_trains_on_the_training_documents_like_the_in_memory_path(tiny_corpus, tmp_path):
+    p = prepare_tokens(
+        str(tiny_corpus), "bpe", vocab_size=400, val_fraction=0.1, cache_dir=tmp_path, workers=1
+    )
+    splits = load_splits(str(tiny_corpus), val_fraction=0.1)
+    reference = BPETokenizer.train(splits.train, 400)
+    assert p.tokenizer.to_dict() == reference.to_dict()
+    assert documents_from_tokens(p.val, p.tokenizer) == splits.val
+    again = prepare_tokens(str(tiny_corpus), "bpe", vocab_size=400, val_fraction=0.1,
+                           cache_dir=tmp_path)  # fmt: skip
+    assert again.path == p.path and again.tokenizer.to_dict() == p.tokenizer.to_dict()
+
+
+def test_bpe_sample_is_bounded_and_leaves_out_validation_documents(jsonl_corpus):
+    corpus = Corpus(str(jsonl_corpus))
+    params = {"val_fraction": 0.1, "max_bytes": None}
+    sample = build.bpe_sample(corpus, params, train_bytes=2000)
+    # The first 2000 bytes of documents, less the ~2 x val_fraction left out.
+    assert 1000 < sum(len(t.encode()) for t in sample) < 2000 + 200
+    val = set(load_splits(str(jsonl_corpus), val_fraction=0.1).val)
+    assert sample and not val & set(sample)
+
+
+def test_workers_and_shard_size_do_not_change_the_tokens(jsonl_corpus, tmp_path, monkeypatch):
+    monkeypatch.setattr(build, "BATCH_CHARS", 500)  # many batches, so the pool is used
+    one = prepare_tokens(str(jsonl_corpus), val_fraction=0.1, cache_dir=tmp_path / "a", workers=1)
+    two = prepare_tokens(
+        str(jsonl_corpus), val_fraction=0.1, cache_dir=tmp_path / "b", workers=2,
+        shard_tokens=1024,
+    )  # fmt: skip
+    shards = two.meta["splits"]["train"]["shards"]
+    assert len(shards) > 3 and all(s["tokens"] == 1024 for s in shards[:-1])
+    assert sum(s["docs"] for s in shards) == one.meta["splits"]["train"]["docs"]
+    assert isinstance(two.train, ShardedTokens) and len(two.train) == len(one.train)
+    assert np.array_equal(np.asarray(two.train), np.asarray(one.train))
+    for a, b in [(0, 5), (1020, 1030), (1024, 3000), (len(one.train) - 7, len(one.train))]:
+        assert np.array_equal(two.train[a:b], one.train[a:b])
+
+    # Training windows are a function of (seed, index) over the split's token stream.
+    w1, w2 = (TrainWindows(p.train, 64, seed=7, length=50) for p in (one, two))
+    for i in range(50):
+        assert all(np.array_equal(a, b) for a, b in zip(w1[i], w2[i], strict=True))
+
+
+def test_store_is_found_without_reading_the_corpus(tiny_corpus, tmp_path, monkeypatch):
+    first = prepare_tokens(str(tiny_corpus), val_fraction=0.1, cache_dir=tmp_path, workers=1)
+
+    def no_reading(self):
+        raise AssertionError("the corpus was read although the store exists")
+
+    monkeypatch.setattr(Corpus, "documents", no_reading)
+    again = prepare_tokens(str(tiny_corpus), val_fraction=0.1, cache_dir=tmp_path)
+    assert again.path == first.path and again.meta == first.meta
+    # A run's own tokenizer (eval, resume) finds the store its recipe made.
+    given = prepare_tokens(str(tiny_corpus), val_fraction=0.1, cache_dir=tmp_path,
+                           tokenizer=ByteTokenizer())  # fmt: skip
+    assert given.path == first.path
+    assert sorted(p.name for p in (tmp_path / "stores").iterdir()) == [
+        first.path.name, f"{first.path.name}.lock"
+    ]  # fmt: skip
+
+
+def test_changed_file_or_split_gets_a_new_store(tiny_corpus, tmp_path):
+    import shutil
+
+    corpus = tmp_path / "corpus"
+    shutil.copytree(tiny_corpus, corpus)
+    base = prepare_tokens(str(corpus), val_fraction=0.1, cache_dir=tmp_path, workers=1)
+    (corpus / "doc_00.py").write_text("changed = True\n")
+    changed = prepare_tokens(str(corpus), val_fraction=0.1, cache_dir=tmp_path, workers=1)
+    other = prepare_tokens(str(corpus), val_fraction=0.2, cache_dir=tmp_path, workers=1)
+    assert len({base.path, changed.path, other.path}) == 3
+
+
+_KILLER = textwrap.dedent(
+    """
+    import os, signal, sys
+    import keelctl.data.build as build
+    from keelctl.data import prepare_tokens
+
+    build.BATCH_CHARS = 400
+    corpus, cache, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    calls = 0
+
+    def progress(phase, done, total, tokens):
+        global calls
+        calls += 1
+        if calls == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    p = prepare_tokens(corpus, val_fraction=0.1, cache_dir=cache, workers=2,
+                       shard_tokens=2048, progress=progress)
+    print(p.path)
+    """
+)
+
+
+def test_killed_prepare_resumes_to_the_identical_store(jsonl_corpus, tmp_path):
+    def run(cache, kill_at):
+        return subprocess.run(
+            [sys.executable, "-c", _KILLER, str(jsonl_corpus), str(cache), str(kill_at)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+    clean = run(tmp_path / "clean", 0)
+    assert clean.returncode == 0, clean.stderr
+    expected = folder_digest(Path(clean.stdout.strip()))
+    killed = tmp_path / "killed"
+    # Killed while staging (call 3), then while writing shards (a later call), then finished.
+    for kill_at in (3, 40):
+        result = run(killed, kill_at)
+        assert result.returncode == -9, result.stderr
+        partial = next((killed / "stores").glob("*.partial"))
+        for shard in partial.glob("*.bin"):  # only complete shards carry a final name
+            assert shard.stat().st_size == 2048 * 2
+    finished = run(killed, 0)
+    assert finished.returncode == 0, finished.stderr
+    assert folder_digest(Path(finished.stdout.strip())) == expected
