@@ -11,6 +11,7 @@ from keelctl.cli.app import app
 
 # Importing a command module registers its command on `app`, in this order in --help.
 for _command_module in (
+    "prepare",
     "train",
     "evaluate",
     "generate",
