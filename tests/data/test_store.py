@@ -11,13 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from store_helpers import documents_from_tokens, folder_digest
+from store_helpers import documents_from_tokens, folder_digest, write_tokenizer_json
 
 import keelctl.data.build as build
 from keelctl.data import ByteTokenizer, ShardedTokens, TrainWindows, prepare_tokens
 from keelctl.data.corpora import Corpus, load_splits
 from keelctl.data.encode import byte_tokens
 from keelctl.data.tokenizers import BPETokenizer
+
+TINY_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "tiny-keel.yaml"
 
 
 @pytest.fixture
@@ -166,3 +168,48 @@ def test_killed_prepare_resumes_to_the_identical_store(jsonl_corpus, tmp_path):
     finished = run(killed, 0)
     assert finished.returncode == 0, finished.stderr
     assert folder_digest(Path(finished.stdout.strip())) == expected
+
+
+def test_pretrained_tokenizer_round_trips_through_prepare_train_and_eval(
+    tiny_corpus, tiny_train_sets, tmp_path, monkeypatch
+):
+    from typer.testing import CliRunner
+
+    from keelctl.cli import app
+    from keelctl.runs import read_model_meta
+
+    texts = [p.read_text() for p in sorted(tiny_corpus.glob("*.py"))[:10]]
+    tok_path = write_tokenizer_json(tmp_path / "tokenizer.json", texts, vocab_size=300)
+    sets = [*tiny_train_sets(tmp_path / "cache", 3), f"data.tokenizer={tok_path}",
+            "model.vocab_size=320", "trainer.val_every=3"]  # fmt: skip
+    args = [a for s in sets for a in ("--set", s)]
+    recipe = str(TINY_RECIPE)
+    runner = CliRunner()
+
+    prepared = runner.invoke(app, ["prepare", recipe, *args, "--workers", "1"])
+    assert prepared.exit_code == 0, prepared.output + prepared.stderr
+    store = next((tmp_path / "cache" / "stores").glob("*/manifest.json")).parent
+    manifest = json.loads((store / "manifest.json").read_text())
+    assert manifest["tokenizer"]["kind"] == "pretrained" and manifest["dtype"] == "uint16"
+
+    def no_reading(self):
+        raise AssertionError("train read the corpus although the store was prepared")
+
+    monkeypatch.setattr(Corpus, "documents", no_reading)
+    run = tmp_path / "run"
+    trained = runner.invoke(app, ["train", recipe, *args, "--run-dir", str(run)])
+    assert trained.exit_code == 0, trained.output + trained.stderr
+    _, tokenizer = read_model_meta(run)
+    original = json.loads(tok_path.read_text())
+    assert tokenizer.kind == "pretrained" and tokenizer.eot_id == original["added_tokens"][0]["id"]
+    assert json.loads(tokenizer.to_dict()["tokenizer_json"])["model"] == original["model"]
+    text = "def function_1_2(x):\n    return x\n"
+    assert tokenizer.decode(tokenizer.encode(text)) == text
+
+    monkeypatch.undo()  # eval reads the held-out documents of the run's corpus
+    evaluated = runner.invoke(app, ["eval", str(run), "--output", str(tmp_path / "eval.json")])
+    assert evaluated.exit_code == 0, evaluated.output + evaluated.stderr
+    report = json.loads((tmp_path / "eval.json").read_text())
+    (result,) = report["runs"]
+    ppl = result["perplexity"]["ppl"]
+    assert 1 < ppl < 320  # finite, below uniform over the vocabulary
