@@ -111,7 +111,7 @@ GPU = Scale(
         ),
         data=dict(
             corpus="hf:HuggingFaceFW/fineweb-edu:sample-100BT",
-            tokenizer="bpe",
+            tokenizer="gpt2",  # GPT-2's pretrained tokenizer, as the GPU recipes (docs/data.md)
             vocab_size=50304,
             seq_len=4096,
             batch_size=4,
