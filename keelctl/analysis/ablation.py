@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from keelctl.errors import KeelError
+from keelctl.eval.context import trained_context
 from keelctl.eval.device import resolve_device
 from keelctl.model import ModelConfig, Transformer
 from keelctl.runs import (
@@ -299,9 +300,9 @@ def ablate(
     runs = [Path(run) for run in runs]
     metas = [read_model_meta(run) for run in runs]
     plans = [plan_removals(cfg, unit, layers, range_size) for cfg, _ in metas]  # cheap checks
-    loaders = [
-        eval_batches(eval_tokens(d, tok), min(d.seq_len, cfg.max_seq_len), tokens, batch_size)
-        for (cfg, tok), d in zip(metas, data_settings(runs, data), strict=True)
+    loaders = [  # each run scored at the context it was trained at (its own data.seq_len)
+        eval_batches(eval_tokens(d, tok), trained_context(run), tokens, batch_size)
+        for run, (_, tok), d in zip(runs, metas, data_settings(runs, data), strict=True)
     ]
     results = []
     for run_dir, removals, batches in zip(runs, plans, loaders, strict=True):

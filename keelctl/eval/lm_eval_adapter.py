@@ -4,9 +4,10 @@
 
 Constructor args: path (run dir, required), device (cpu, cuda, cuda:N; default: CUDA if
 present), batch_size (requests per forward, default 1), max_length (context in tokens; default
-the model's max_seq_len; longer inputs lose tokens on the left), rolling_context (overlap of
-loglikelihood_rolling windows, default max_length // 2). The lm_eval command always passes its
-own --batch_size and --device, so give those as flags there and the rest in --model_args.
+the context the run was trained at, its data.seq_len; longer inputs lose tokens on the left),
+rolling_context (overlap of loglikelihood_rolling windows, default max_length // 2). The
+lm_eval command always passes its own --batch_size and --device, so give those as flags there
+and the rest in --model_args.
 Importing this module registers the name; docs/eval.md says how the stock `lm_eval` command
 gets it imported.
 """
@@ -23,6 +24,7 @@ from tqdm import tqdm
 from keelctl.errors import KeelError
 from keelctl.eval.device import resolve_device
 from keelctl.eval.perplexity import model_device, rolling_windows, score_sequences, score_windows
+from keelctl.generate import GREEDY, Sampling, generate
 
 # lm-eval's CLI passes device="cuda:0" when --device is not given; where there is no GPU that
 # means "no choice made" (the harness's own HF model falls back to the CPU the same way).
@@ -45,7 +47,7 @@ def _positive_int(name: str, value) -> int:
 
 @register_model("keel")
 class KeelLM(TemplateLM):
-    """A keelctl model for lm-eval: batched scoring, rolling windows, greedy generation."""
+    """A keelctl model for lm-eval: batched scoring, rolling windows, batched generation."""
 
     def __init__(
         self,
@@ -65,9 +67,11 @@ class KeelLM(TemplateLM):
                 raise KeelError("keel needs a run dir: --model_args path=RUN_DIR")
             if device == HARNESS_DEFAULT_DEVICE and not torch.cuda.is_available():
                 device = "cpu"
+            from keelctl.eval.context import trained_context
             from keelctl.runs import load_model
 
             model, tokenizer = load_model(path, resolve_device(device))
+            max_length = max_length or trained_context(path)
         elif tokenizer is None:
             raise KeelError("KeelLM(model=...) also needs tokenizer=...")
         self.model, self.tokenizer = model.eval(), tokenizer
@@ -152,39 +156,55 @@ class KeelLM(TemplateLM):
         return results
 
     # -- generation -----------------------------------------------------------------------
-    @torch.inference_mode()
-    def _greedy(self, context: list[int], max_gen_toks: int, until: list[str]) -> str:
-        tokens, generated = list(context), []
-        for _ in range(max_gen_toks):
-            window = torch.tensor([tokens[-self.max_length :]], device=self._device)
-            next_id = int(self.model(window)[0, -1].argmax())
-            if next_id == self.eot_token_id:
-                break
-            tokens.append(next_id)
-            generated.append(next_id)
-            text = self.tok_decode(generated)
-            if any(stop in text for stop in until):
-                break
-        text = self.tok_decode(generated)
-        for stop in until:
-            text = text.split(stop)[0]
-        return text
+    @staticmethod
+    def _sampling(kwargs: dict) -> Sampling:
+        if not kwargs["do_sample"]:
+            return GREEDY
+        top_k = kwargs.get("top_k")
+        return Sampling(
+            temperature=float(kwargs.get("temperature", 1.0)),
+            top_k=int(top_k) if top_k else None,
+            top_p=float(kwargs.get("top_p") or 1.0),
+        )
+
+    def _stop_at(self, until: list[str]):
+        """stop(ids): whether the text of ids contains a stop string (None: no stop strings)."""
+        if not until:
+            return None
+        return lambda ids: any(stop in self.tok_decode(ids) for stop in until)
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        """Greedy decoding until a stop string, end-of-text or max_gen_toks; the context keeps
-        its last max_length tokens (cut from the left)."""
+        """keelctl.generate's decode loop (KV cache), batch_size requests with the same
+        generation settings at a time: until a stop string, end-of-text or max_gen_toks.
+        Greedy unless the task asks for sampling (temperature, top_k, top_p; lm-eval's --seed
+        seeds it). Contexts keep their last max_length tokens; past max_length the window
+        slides (docs/generate.md)."""
+        collator = Collator(
+            [req.args for req in requests],
+            sort_fn=lambda args: (-len(self.tok_encode(args[0])), args[0]),
+            group_by="gen_kwargs",
+            group_fn=lambda args: args[1],
+        )
         results = []
-        for req in tqdm(requests, disable=disable_tqdm, desc="keel generate_until"):
-            context, gen_kwargs = req.args
-            kwargs = normalize_gen_kwargs(gen_kwargs, DEFAULT_MAX_GEN_TOKS)
-            if kwargs["do_sample"]:
-                raise KeelError(
-                    "keel decodes greedily only, but the task asks for sampling; "
-                    "pass --gen_kwargs do_sample=False"
-                )
+        bar = tqdm(total=len(requests), disable=disable_tqdm, desc="keel generate_until")
+        for chunk in collator.get_batched(n=self.batch_size):
+            kwargs = normalize_gen_kwargs(chunk[0][1], DEFAULT_MAX_GEN_TOKS)
             until = [s for s in kwargs["until"] if s]
-            context_ids = self.tok_encode(context) or [self.eot_token_id]
-            text = self._greedy(context_ids, kwargs["max_gen_toks"], until)
-            results.append(text)
-            self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
-        return results
+            rows = generate(
+                self.model,
+                [self.tok_encode(context) or [self.eot_token_id] for context, _ in chunk],
+                max_new_tokens=kwargs["max_gen_toks"],
+                context=self.max_length,
+                eot_id=self.eot_token_id,
+                sampling=self._sampling(kwargs),
+                stop=self._stop_at(until),
+            )
+            for (context, gen_kwargs), ids in zip(chunk, rows, strict=True):
+                text = self.tok_decode(ids)
+                for stop in until:
+                    text = text.split(stop)[0]
+                results.append(text)
+                self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
+            bar.update(len(chunk))
+        bar.close()
+        return collator.get_original(results)

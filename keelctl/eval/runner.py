@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from keelctl.errors import KeelError
+from keelctl.eval.context import trained_context
 from keelctl.eval.device import resolve_device
 from keelctl.eval.perplexity import corpus_perplexity
 from keelctl.runs import CONFIG_YAML, atomic_write_json, load_model, read_model_json
@@ -87,6 +88,7 @@ def evaluate_runs(
         raise KeelError(f"--limit must be positive, got {limit}")
     torch_device = resolve_device(device)
     metas = [read_model_json(run) for run in run_dirs]
+    contexts = [trained_context(run) for run in run_dirs]
     specs = [heldout_spec(run, data) for run in run_dirs]
     if tasks:
         from keelctl.eval.harness import resolve_tasks
@@ -97,7 +99,7 @@ def evaluate_runs(
     limit = int(limit) if limit is not None and limit >= 1 else limit
     documents: dict[tuple, list[str]] = {}
     runs = []
-    for run, meta, (spec, kwargs) in zip(run_dirs, metas, specs, strict=True):
+    for run, meta, context, (spec, kwargs) in zip(run_dirs, metas, contexts, specs, strict=True):
         key = (spec, *sorted(kwargs.items()))
         if key not in documents:
             documents[key] = load_documents(spec, "val", **kwargs)
@@ -106,17 +108,20 @@ def evaluate_runs(
             "model_path": str(Path(run).resolve()),
             "config_hash": meta.get("config_hash"),
             "residual": model.config.residual,
+            "context": context,
             "perplexity": {
                 "data": spec,
                 "split": "val",
-                **corpus_perplexity(model, tokenizer, documents[key], batch_size=batch_size),
+                **corpus_perplexity(
+                    model, tokenizer, documents[key], batch_size=batch_size, max_len=context
+                ),
             },
         }
         if tasks:
             from keelctl.eval.harness import run_tasks
             from keelctl.eval.lm_eval_adapter import KeelLM
 
-            lm = KeelLM.from_model(model, tokenizer, batch_size=batch_size)
+            lm = KeelLM.from_model(model, tokenizer, batch_size=batch_size, max_length=context)
             entry.update(run_tasks(lm, list(tasks), num_fewshot=num_fewshot, limit=limit))
         runs.append(entry)
 

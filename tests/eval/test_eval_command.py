@@ -168,3 +168,19 @@ def test_wrapper_adds_the_bundled_tasks_to_the_stock_cli(monkeypatch):
         ["lm-eval", "ls", "tasks", "--include_path", "mine"],
         ["lm-eval", "--help"],
     ]
+
+
+def test_eval_scores_at_the_trained_context(trained_run_dir):
+    from keelctl.data import load_documents
+    from keelctl.eval.perplexity import corpus_perplexity
+    from keelctl.eval.runner import evaluate_runs, heldout_spec
+    from keelctl.runs import load_model
+
+    (entry,) = evaluate_runs([trained_run_dir], device="cpu")["runs"]
+    assert entry["context"] == 32  # data.seq_len; its max_seq_len is 64
+    spec, kwargs = heldout_spec(trained_run_dir, None)
+    model, tok = load_model(trained_run_dir)
+    docs = load_documents(spec, "val", **kwargs)
+    at_32 = corpus_perplexity(model, tok, docs, max_len=32)
+    assert entry["perplexity"]["nll"] == at_32["nll"]
+    assert corpus_perplexity(model, tok, docs, max_len=64)["nll"] != at_32["nll"]

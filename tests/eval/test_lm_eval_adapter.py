@@ -104,11 +104,36 @@ def test_generate_until_is_greedy_with_stops_and_limits(next_byte_lm, byte_token
     assert lm.generate_until(reqs, disable_tqdm=True) == ["def", "defg", "{|}~", "bcd"]
 
 
-def test_generate_until_refuses_sampling(next_byte_lm, byte_tokenizer):
-    lm = KeelLM.from_model(next_byte_lm, byte_tokenizer)
-    req = instances("generate_until", [("a", {"do_sample": True, "temperature": 0.7})])
-    with pytest.raises(KeelError, match="greedily"):
-        lm.generate_until(req, disable_tqdm=True)
+def test_generate_until_samples_when_asked(next_byte_lm, byte_tokenizer):
+    lm = KeelLM.from_model(next_byte_lm, byte_tokenizer, batch_size=2)
+    sampled = {"do_sample": True, "temperature": 0.7, "top_k": 1, "until": ["e"]}
+    req = instances("generate_until", [("a", sampled), ("x", sampled)])
+    assert lm.generate_until(req, disable_tqdm=True) == ["bcd", "yz{|}~"]  # top_k 1: greedy
+    bad = instances("generate_until", [("a", {"do_sample": True, "top_p": 2.0})])
+    with pytest.raises(KeelError, match="--top-p"):
+        lm.generate_until(bad, disable_tqdm=True)
+
+
+def test_batched_generate_until_equals_greedy_recomputation(tiny_model, byte_tokenizer):
+    contexts = ["def f(x):", "import os\n", "# a longer comment line here\n", "x = [", "y"]
+    kwargs = {"until": ["\n\n"], "max_gen_toks": 12}
+    reqs = instances("generate_until", [(c, kwargs) for c in contexts])
+    got = KeelLM.from_model(tiny_model, byte_tokenizer, batch_size=3).generate_until(reqs, True)
+    for context, text in zip(contexts, got, strict=True):
+        ids, new = list(context.encode()), []
+        with torch.no_grad():
+            for _ in range(12):
+                token = int(tiny_model(torch.tensor([ids]))[0, -1].argmax())
+                if token == 256:
+                    break
+                ids.append(token)
+                new.append(token)
+        assert text == byte_tokenizer.decode(new).split("\n\n")[0]
+
+
+def test_default_context_is_the_trained_seq_len(trained_run_dir):
+    lm = KeelLM(path=str(trained_run_dir), device="cpu")
+    assert (lm.max_length, lm.model.config.max_seq_len) == (32, 64)  # data.seq_len, not max
 
 
 def test_constructor_checks(model_run_dir, tmp_path):
