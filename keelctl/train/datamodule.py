@@ -31,13 +31,15 @@ class _FromSample(Dataset):
 
 
 class TokenDataModule(L.LightningDataModule):
-    """`prepare()` returns the tokenized corpus, tokenizing it into the token cache on a miss.
+    """`prepare()` returns the token store, preparing it (keelctl prepare) when it is missing.
 
     Global rank zero passes the `data` it prepared before training, so a corpus mistake stops
     the run before anything is written. The other processes of a multi-process launch pass
-    None: Lightning runs prepare_data() (the tokenizing) on one process per node first and makes
-    the rest wait, so a torchrun or SLURM launch on a cold cache tokenizes once per node, not
-    once per process; setup() then reads the cache on every process."""
+    None: Lightning runs prepare_data() on one process per node first and makes the rest wait,
+    and the store's file lock (keelctl.data.build) makes any other process that gets there
+    wait for the one building, so a torchrun or SLURM launch on a cold cache tokenizes once
+    per node, never once per process; setup() then opens the finished store (a manifest and
+    memmaps, no text) on every process."""
 
     def __init__(
         self,
