@@ -135,6 +135,11 @@ class TrainerConfig(_Section):
     def _precision_as_str(cls, v: Any) -> Any:
         return str(v) if isinstance(v, int) else v
 
+    @field_validator("loggers", mode="before")
+    @classmethod
+    def _loggers_as_list(cls, v: Any) -> Any:
+        return [name.strip() for name in v.split(",")] if isinstance(v, str) else v
+
     @field_validator("devices", mode="before")
     @classmethod
     def _device_count(cls, v: Any) -> Any:
@@ -165,13 +170,6 @@ class RecipeConfig(_Section):
         needed = {"bpe": self.data.vocab_size, "byte": 257}.get(self.data.tokenizer, 0)
         if self.model.vocab_size < needed:
             raise ValueError(f"model.vocab_size {self.model.vocab_size} < tokenizer vocab {needed}")
-        t = self.trainer
-        if t.strategy == "fsdp" and t.accelerator not in ("gpu", "cuda"):
-            raise ValueError(
-                f"trainer.strategy fsdp needs trainer.accelerator gpu (Lightning runs FSDP on "
-                f"CUDA only), got {t.accelerator}; set trainer.accelerator=gpu, or use "
-                "trainer.strategy=ddp"
-            )
         return self
 
     @property

@@ -27,6 +27,7 @@ TINY = Path(__file__).resolve().parents[1] / "recipes" / "tiny-keel.yaml"
 TO_DO = ("; ", " use ", " must ", " expects ")
 TRAIN = ["train", "{recipe}", "{sets}", "--run-dir", "{run}"]
 RESUME = ["train", "{done}/config.yaml", "--run-dir", "{done}", "--resume", "--max-steps", "50"]
+RESUME_AUTO = [*RESUME[:5], "auto", *RESUME[5:]]
 
 # fmt: off
 CASES = {
@@ -87,6 +88,17 @@ CASES = {
     "ckpt with code": (RESUME, "keelctl does not load it", []),
     "resume, other recipe": ([*RESUME, "--set", "optim.lr=1e-3"], "differs from the check", []),
     "resume past the end": (RESUME[:-2], "already reached step 40", []),
+    "auto, ckpt truncated": (RESUME_AUTO, "cannot read checkpoint ", []),
+    "auto, other recipe": ([*RESUME_AUTO, "--set", "optim.lr=1e-3"], "differs from the check", []),
+    "auto without --resume": ([*TRAIN, "auto"], "right after --resume", ["{run}"]),
+    # train: checkpoints and trackers
+    "ckpt minutes zero": ([*TRAIN, "--set", "trainer.checkpoint_every_minutes=0"],
+                          "'trainer.checkpoint_every_minutes': Input should be greater than 0",
+                          ["{run}"]),
+    "keep ckpts negative": ([*TRAIN, "--set", "trainer.keep_checkpoints=-1"],
+                            "'trainer.keep_checkpoints': Input should be greater", ["{run}"]),
+    "unknown logger": ([*TRAIN, "--set", "trainer.loggers=csv,neptune"],
+                       "'csv', 'tensorboard', 'wandb' or 'mlflow' (got 'neptune')", ["{run}"]),
     # eval
     "eval no run dir": (["eval", "{out}/none", "--output", "{out}/r.json"], "does not exist",
                         ["{out}/r.json"]),
@@ -166,7 +178,7 @@ def _spoil(case: str, done: Path, out: Path) -> None:
     (out / "list.yaml").write_text("- model\n- data\n")
     (out / "empty").mkdir()
     ckpt = done / "checkpoints" / "last.ckpt"
-    if case == "ckpt truncated":
+    if case in ("ckpt truncated", "auto, ckpt truncated"):
         ckpt.write_bytes(ckpt.read_bytes()[:5000])
     elif case in ("ckpt of another shape", "ckpt not keelctl's", "ckpt with code"):
         state = torch.load(ckpt, weights_only=True)

@@ -1,4 +1,5 @@
-"""Gradient flow through depth: measure fresh models, read RUN/grads.csv, and the theory.
+"""Gradient flow through depth: measure fresh models, read RUN/grads.csv, write the figures
+(the theory and the line figure: keelctl/grad_profile.py).
 
 Units: sub-layers (the paper's "layers": one attention or one FFN), index 0 = bottom,
 block = index // 2. The two numbers per sub-layer are defined in keelctl/train/grad_flow.py;
@@ -9,7 +10,6 @@ the K micro-batches of one step.
 from __future__ import annotations
 
 import csv
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +20,9 @@ from torch.utils.data import default_collate
 
 from keelctl.config import RecipeConfig, load_recipe
 from keelctl.errors import KeelError
+from keelctl.grad_profile import GRAD_DPI, GradLine, grad_flow_figure, theory_gain, theory_label
 from keelctl.model import ModelConfig, Transformer, build_model
 from keelctl.model.loss import next_token_loss
-from keelctl.model.residual import Rule, sublayer_rules
 from keelctl.runs import CONFIG_YAML, GRADS_CSV, atomic_path, atomic_write_json
 from keelctl.train.grad_flow import GRADS_COLUMNS, StreamGradProbe, param_grad_squares
 
@@ -100,36 +100,6 @@ class GradHistory:
             if step not in chosen:
                 chosen.append(step)
         return [self.curve(s) for s in chosen]
-
-
-# ---- theory -------------------------------------------------------------------------------
-
-
-def skip_gain(rule: Rule) -> float:
-    """Gain of one sub-layer's skip path when |F(x)| ~ |x| and F is orthogonal to x:
-    LN_out(alpha*x + F) divides by |alpha*x + F| ~ sqrt(alpha^2 + 1)|x|, so the skip passes
-    alpha/sqrt(alpha^2 + 1) (Post-LN: 1/sqrt(2)); without an outer norm (Pre-LN) it passes 1."""
-    return rule.alpha / math.sqrt(rule.alpha**2 + 1) if rule.norm_out else 1.0
-
-
-def theory_gain(cfg: ModelConfig) -> np.ndarray:
-    """(L,) skip-path gain from the top of the stack down to the input of sub-layer l: the
-    product of skip_gain over sub-layers l..L-1. Post-LN 2^(-(L-l)/2); Keel
-    (alpha/sqrt(alpha^2+1))^(L-l) above its first block; DeepNorm the same with its a; Pre-LN 1."""
-    gains = np.array([skip_gain(rule) for rule in sublayer_rules(cfg)])
-    return np.cumprod(gains[::-1])[::-1]
-
-
-def theory_label(cfg: ModelConfig) -> str:
-    L = cfg.n_sublayers
-    formula = {
-        "pre_ln": "1",
-        "post_ln": "2^(-(L-l)/2)",
-        "keel": f"(α/√(α²+1))^(L-l), α={cfg.keel_alpha:g}",
-        "deepnorm": "(a/√(a²+1))^(L-l), a=(2N)^¼=" + f"{sublayer_rules(cfg)[0].alpha:.3g}",
-        "mix_ln": "2^(-1/2) per Post-LN sub-layer",
-    }[cfg.residual]
-    return f"theory {cfg.residual} L={L}: {formula}"
 
 
 # ---- measuring fresh models ---------------------------------------------------------------
@@ -308,7 +278,7 @@ def write_outputs(
         raise KeelError(f"--output {output} must end in .png")
     steps = {c.name: [str(d.step) for d in curves if d.name == c.name] for c in curves}
     lines = [
-        plots.GradLine(
+        GradLine(
             f"{c.name} ({c.scheme}), step{'s' if len(steps[c.name]) > 1 else ''} "
             + ", ".join(steps[c.name])
             + (" (light → dark)" if len(steps[c.name]) > 1 else ""),
@@ -319,7 +289,7 @@ def write_outputs(
         for c in curves
     ]
     theory = {theory_label(c.config): theory_gain(c.config) for c in curves}
-    written = [_save(plots.grad_flow_figure(lines, theory), output, plots.GRAD_DPI)]
+    written = [_save(grad_flow_figure(lines, theory), output, GRAD_DPI)]
     if heatmap_of is not None:
         h = heatmap_of
         fig = plots.grad_heatmap_figure(
@@ -328,7 +298,7 @@ def write_outputs(
             h.stream_grad_norm,
             h.param_grad_norm,
         )
-        written.append(_save(fig, output.with_name(f"{output.stem}-heatmap.png"), plots.GRAD_DPI))
+        written.append(_save(fig, output.with_name(f"{output.stem}-heatmap.png"), GRAD_DPI))
     if json_path is not None:
         write_json(json_path, curves)
         written.append(Path(json_path))

@@ -32,10 +32,14 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch import Callback
-from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.loggers import Logger
 from torch import nn
 
 from keelctl.errors import KeelError
+from keelctl.grad_profile import GradLine, grad_flow_figure, theory_gain, theory_label
+from keelctl.model import ModelConfig
+from keelctl.train.loggers import log_figure, log_tracker_metrics, shows_images
+from keelctl.train.scale import is_sharded, local_grad
 
 GRADS_COLUMNS = ("step", "sublayer", "block", "kind", "param_grad_norm", "stream_grad_norm")
 
@@ -94,7 +98,7 @@ def param_grad_squares(sublayers: Sequence[nn.Module]) -> torch.Tensor:
         sq = torch.zeros((), device=device)
         for p in sub.parameters():
             if p.grad is not None:
-                sq = sq + p.grad.detach().float().square().sum().to(device)
+                sq = sq + local_grad(p).detach().float().square().sum().to(device)
         out.append(sq)
     return torch.stack(out)
 
@@ -127,6 +131,31 @@ def _compile_stance(stance: str) -> None:
     set_stance = getattr(torch.compiler, "set_stance", None)  # torch >= 2.6
     if set_stance is not None:
         set_stance(stance)
+
+
+def show_in_trackers(
+    loggers: Sequence[Logger],
+    step: int,
+    cfg: ModelConfig,
+    param_grad_norm: Sequence[float],
+    stream_grad_norm: Sequence[float],
+) -> None:
+    """The step's profile in the trackers (not metrics.csv: grads.csv holds it): the
+    plot-grads figure with the theory overlay, and grad_flow/bottom_top (stream gradient at
+    sub-layer 0 / at the top) and grad_flow/min_top (lowest over depth / at the top)."""
+    top = stream_grad_norm[-1]
+    log_tracker_metrics(
+        loggers,
+        {
+            "grad_flow/bottom_top": stream_grad_norm[0] / top,
+            "grad_flow/min_top": min(stream_grad_norm) / top,
+        },
+        step,
+    )
+    if shows_images(loggers):
+        line = GradLine(f"step {step}", "run", stream_grad_norm, param_grad_norm)
+        figure = grad_flow_figure([line], {theory_label(cfg): theory_gain(cfg)})
+        log_figure(loggers, "grad_flow", figure, step)
 
 
 class GradFlowCallback(Callback):
@@ -165,17 +194,15 @@ class GradFlowCallback(Callback):
         sublayers = pl_module.model.sublayers
         strategy = trainer.strategy
         param_sq = param_grad_squares(sublayers)
-        if isinstance(strategy, FSDPStrategy):  # each rank holds a disjoint shard of the grads
+        if is_sharded(strategy):  # each rank holds a disjoint shard of the grads
             param_sq = strategy.reduce(param_sq, reduce_op="sum")
         stream_sq = strategy.reduce(probe.squared_norms(param_sq.device), reduce_op="sum")
         stream_sq = stream_sq / trainer.world_size**2
         if trainer.is_global_zero:
-            append_grads_csv(
-                self.path,
-                trainer.global_step,
-                sublayers,
-                param_sq.sqrt().tolist(),
-                stream_sq.sqrt().tolist(),
+            param, stream = param_sq.sqrt().tolist(), stream_sq.sqrt().tolist()
+            append_grads_csv(self.path, trainer.global_step, sublayers, param, stream)
+            show_in_trackers(
+                trainer.loggers, trainer.global_step, pl_module.model.config, param, stream
             )
 
     def on_train_end(self, trainer, pl_module) -> None:

@@ -6,8 +6,8 @@ LightningModule's hparams, which Lightning logs at the start of each fit). A res
 logging into the same W&B / MLflow run: their ids are kept in RUN/trackers.json.
 
 Where they write: TensorBoard RUN/tensorboard; W&B RUN/wandb (project $WANDB_PROJECT, default
-keelctl; WANDB_MODE=offline for no network); MLflow $MLFLOW_TRACKING_URI, default
-file:RUN/mlruns (experiment $MLFLOW_EXPERIMENT_NAME, default keelctl).
+keelctl; WANDB_MODE=offline for no network); MLflow $MLFLOW_TRACKING_URI, default the file
+store file:RUN/mlruns (experiment $MLFLOW_EXPERIMENT_NAME, default keelctl).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
 from lightning.pytorch.loggers import (
     CSVLogger,
     Logger,
@@ -71,16 +72,31 @@ def make_loggers(names: Sequence[str], run_dir: Path, run_name: str, resumed: bo
             )
         )
     if "mlflow" in names:
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or (run_dir / "mlruns").resolve().as_uri()
+        if uri.startswith("file:"):  # MLflow 3 refuses its file store unless told it is wanted
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         loggers.append(
-            MLFlowLogger(
+            _MLFlowLogger(
                 experiment_name=os.environ.get("MLFLOW_EXPERIMENT_NAME", PROJECT),
                 run_name=run_name,
-                tracking_uri=os.environ.get("MLFLOW_TRACKING_URI")
-                or (run_dir / "mlruns").resolve().as_uri(),
+                tracking_uri=uri,
                 run_id=ids.get("mlflow"),
             )
         )
     return loggers
+
+
+class _MLFlowLogger(MLFlowLogger):
+    """MLflow refuses to change a param within a run, and a resume may change a few recipe
+    keys (max_steps, say): a resumed run logs only the params its MLflow run lacks (the
+    run keeps its first values; config.yaml has the current ones)."""
+
+    def log_hyperparams(self, params) -> None:
+        params = _flatten_dict(_convert_params(params))
+        if self._run_id is not None:
+            logged = self.experiment.get_run(self._run_id).data.params
+            params = {k: v for k, v in params.items() if k not in logged}
+        super().log_hyperparams(params)
 
 
 def start_trackers(loggers: Sequence[Logger], run_dir: Path) -> None:
@@ -117,6 +133,17 @@ def close_trackers(loggers: Sequence[Logger], status: str) -> None:
         elif isinstance(logger, MLFlowLogger) and logger._initialized:
             mlflow_status = {"finished": "FINISHED", "preempted": "KILLED"}.get(status, "FAILED")
             logger.experiment.set_terminated(logger.run_id, mlflow_status)
+
+
+def shows_images(loggers: Sequence[Logger]) -> bool:
+    return any(isinstance(lg, TensorBoardLogger | WandbLogger | MLFlowLogger) for lg in loggers)
+
+
+def log_tracker_metrics(loggers: Sequence[Logger], metrics: dict, step: int) -> None:
+    """Metrics for the trackers only: metrics.csv keeps one row per logged step."""
+    for logger in loggers:
+        if not isinstance(logger, CSVLogger):
+            logger.log_metrics(metrics, step=step)
 
 
 def log_figure(loggers: Sequence[Logger], tag: str, figure: Figure, step: int) -> None:

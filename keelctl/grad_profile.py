@@ -1,0 +1,126 @@
+"""The per-sub-layer gradient profile: its skip-path theory and its figure, shared by
+`keelctl plot-grads` (analysis/) and the live view in the trackers during training (train/).
+
+Figures use the Agg canvas directly, never pyplot: no display or global backend state, nothing
+to close; the caller picks the file name (fig.savefig) or the tracker.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from keelctl.model import ModelConfig
+from keelctl.model.residual import Rule, sublayer_rules
+
+
+def new_figure(width: float = 7.0, height: float = 4.2) -> Figure:
+    """A Figure on an Agg canvas (PNG/SVG/PDF output, no display)."""
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+# ---- theory -------------------------------------------------------------------------------
+
+
+def skip_gain(rule: Rule) -> float:
+    """Gain of one sub-layer's skip path when |F(x)| ~ |x| and F is orthogonal to x:
+    LN_out(alpha*x + F) divides by |alpha*x + F| ~ sqrt(alpha^2 + 1)|x|, so the skip passes
+    alpha/sqrt(alpha^2 + 1) (Post-LN: 1/sqrt(2)); without an outer norm (Pre-LN) it passes 1."""
+    return rule.alpha / math.sqrt(rule.alpha**2 + 1) if rule.norm_out else 1.0
+
+
+def theory_gain(cfg: ModelConfig) -> np.ndarray:
+    """(L,) skip-path gain from the top of the stack down to the input of sub-layer l: the
+    product of skip_gain over sub-layers l..L-1. Post-LN 2^(-(L-l)/2); Keel
+    (alpha/sqrt(alpha^2+1))^(L-l) above its first block; DeepNorm the same with its a; Pre-LN 1."""
+    gains = np.array([skip_gain(rule) for rule in sublayer_rules(cfg)])
+    return np.cumprod(gains[::-1])[::-1]
+
+
+def theory_label(cfg: ModelConfig) -> str:
+    L = cfg.n_sublayers
+    formula = {
+        "pre_ln": "1",
+        "post_ln": "2^(-(L-l)/2)",
+        "keel": f"(α/√(α²+1))^(L-l), α={cfg.keel_alpha:g}",
+        "deepnorm": "(a/√(a²+1))^(L-l), a=(2N)^¼=" + f"{sublayer_rules(cfg)[0].alpha:.3g}",
+        "mix_ln": "2^(-1/2) per Post-LN sub-layer",
+    }[cfg.residual]
+    return f"theory {cfg.residual} L={L}: {formula}"
+
+
+# ---- the figure ----------------------------------------------------------------------------
+
+# Gradient-flow figures are GRAD_FIGSIZE inches saved at GRAD_DPI: 1200 x 450 pixels.
+GRAD_FIGSIZE = (12.0, 4.5)
+GRAD_DPI = 100
+SUBLAYER_AXIS = "sub-layer index l (0 = bottom; block = l // 2)"
+
+
+@dataclass
+class GradLine:
+    """One run at one step: per-sub-layer gradient norms, bottom first. Lines sharing a
+    `group` (a run) share a colour, later ones drawn stronger; the legend shows each group
+    once, with the label of its last line."""
+
+    label: str
+    group: str
+    stream_grad_norm: Sequence[float]
+    param_grad_norm: Sequence[float]
+
+
+# The stream panel shows at most this many decades below the lowest measured value; a theory
+# curve that falls further says so in its legend entry.
+GRAD_THEORY_DECADES = 4
+
+
+def grad_flow_figure(lines: Sequence[GradLine], theory: Mapping[str, Sequence[float]]) -> Figure:
+    """Left: the residual-stream gradient |dLoss/dx_in| per sub-layer relative to its value at
+    the top sub-layer, with each theory curve (label -> skip-path gain per sub-layer) rescaled
+    the same way, dashed. Right: the parameter-gradient norm per sub-layer. Both log y."""
+    fig = new_figure(*GRAD_FIGSIZE)
+    stream_ax, param_ax = fig.subplots(1, 2)
+    for ax in (stream_ax, param_ax):
+        ax.set_yscale("log")
+        ax.set_xlabel(SUBLAYER_AXIS)
+        ax.grid(True, which="major", alpha=0.3)
+    groups = list(dict.fromkeys(line.group for line in lines))
+    lowest = np.inf
+    for line in lines:
+        members = [m for m in lines if m.group == line.group]
+        k = members.index(line)
+        style = dict(
+            color=f"C{groups.index(line.group) % 10}",
+            alpha=0.35 + 0.65 * (k + 1) / len(members),
+            linewidth=1.4,
+            label=line.label if k == len(members) - 1 else None,
+        )
+        stream = np.asarray(line.stream_grad_norm, dtype=float)
+        stream_ax.plot(stream / stream[-1], **style)
+        param_ax.plot(np.asarray(line.param_grad_norm, dtype=float), **style)
+        lowest = min(lowest, np.nanmin(stream / stream[-1]))
+    floor = lowest / 10**GRAD_THEORY_DECADES
+    dashes = [(4, 2), (1, 1.5), (6, 2, 1, 2), (2, 3)]
+    for k, (label, gain) in enumerate(theory.items()):
+        rel = np.asarray(gain, dtype=float) / gain[-1]
+        if rel.min() < floor:
+            label += f" (down to {rel.min():.1e}, off the axis)"
+        stream_ax.plot(
+            rel, color="black", linewidth=1.0, dashes=dashes[k % len(dashes)], label=label
+        )
+    if np.isfinite(floor):
+        stream_ax.set_ylim(bottom=max(floor, stream_ax.get_ylim()[0]))
+    stream_ax.set_ylabel("|dLoss/dx_in| at sub-layer l ÷ at the top")
+    stream_ax.set_title("Residual-stream gradient through depth (dashed: skip-path theory)")
+    param_ax.set_ylabel("parameter-gradient L2 norm of sub-layer l")
+    param_ax.set_title("Parameter gradient per sub-layer")
+    handles, labels = stream_ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize="small")
+    return fig
