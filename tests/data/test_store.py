@@ -213,3 +213,30 @@ def test_pretrained_tokenizer_round_trips_through_prepare_train_and_eval(
     (result,) = report["runs"]
     ppl = result["perplexity"]["ppl"]
     assert 1 < ppl < 320  # finite, below uniform over the vocabulary
+
+
+def _prepare_and_report(corpus: str, cache: str, report: str) -> None:
+    """One 'rank': prepare, and note in `report` whether this process tokenized anything."""
+    tokenized = []
+    p = prepare_tokens(corpus, val_fraction=0.1, cache_dir=cache, workers=1,
+                       progress=lambda phase, *_: tokenized.append(phase))  # fmt: skip
+    Path(report).write_text(json.dumps({"path": str(p.path), "tokenized": bool(tokenized)}))
+
+
+def test_concurrent_prepares_build_the_store_once(jsonl_corpus, tmp_path):
+    import multiprocessing
+
+    reports = [tmp_path / f"rank{i}.json" for i in range(3)]
+    ranks = [
+        multiprocessing.get_context("fork").Process(
+            target=_prepare_and_report, args=(str(jsonl_corpus), str(tmp_path / "c"), str(r))
+        )
+        for r in reports
+    ]
+    for rank in ranks:
+        rank.start()
+    for rank in ranks:
+        rank.join(timeout=60)
+    results = [json.loads(r.read_text()) for r in reports]
+    assert len({r["path"] for r in results}) == 1
+    assert sum(r["tokenized"] for r in results) == 1  # the others waited on the lock
