@@ -15,6 +15,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import os
 import re
 import sysconfig
 from collections.abc import Iterable, Iterator
@@ -183,11 +184,10 @@ def _source_files(spec: str) -> tuple[Path, list[Path]]:
 def _stdlib_files() -> tuple[Path, list[Path]]:
     """Every *.py under the interpreter's stdlib folder, tests included, packages excluded."""
     root = Path(sysconfig.get_paths()["stdlib"])
-    files = [
-        p
-        for p in root.rglob("*.py")
-        if not {"site-packages", "dist-packages"} & set(p.relative_to(root).parts)
-    ]
+    files = []
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = [d for d in subfolders if d not in ("site-packages", "dist-packages")]
+        files.extend(Path(folder, n) for n in names if n.endswith(".py"))
     return root, sorted(files)
 
 
