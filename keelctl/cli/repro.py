@@ -10,6 +10,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 from keelctl.cli.app import command, console
+from keelctl.errors import KeelError
 
 
 @command("repro")
@@ -34,7 +35,16 @@ def repro(
         [], "--set", help="Override a key of every run's recipe, e.g. data.corpus=PATH."
     ),
     plan_only: bool = typer.Option(
-        False, "--plan", help="Print the runs and recipes it would train; train nothing."
+        False, "--plan", help="Print the runs, what each still costs, and the total; train nothing."
+    ),
+    jobs: int = typer.Option(
+        1, "--jobs", help="Runs trained at once, each in its own process (one per core)."
+    ),
+    train: bool = typer.Option(
+        True, "--train/--report-only", help="--report-only: report from the records, train nothing."
+    ),
+    depths: str | None = typer.Option(
+        None, "--depths", help="Train only runs at these depths (sub-layers), e.g. 64,256."
     ),
 ) -> None:
     """Run one of the paper's protocols: train what is missing, analyse, write OUT/report.md."""
@@ -42,33 +52,9 @@ def repro(
 
     out = out or Path("repro") / f"{protocol}-{scale}"
     ctx = make_context(protocol, scale, seeds, out, runs_dir, overrides)
+    only = _depths(depths)
     if plan_only:
-        table = Table(title=f"repro {protocol} --scale {scale}: plan (depth in sub-layers)")
-        for col in (
-            "run dir",
-            "scheme",
-            "sub-layers",
-            "seed",
-            "lr",
-            "steps",
-            "tokens/step",
-            "done",
-        ):
-            table.add_column(col)
-        for spec in plan_protocol(ctx):
-            r = spec.recipe
-            per_step = r.sequences_per_step
-            table.add_row(
-                str(spec.run_dir),
-                spec.scheme,
-                str(spec.depth),
-                str(spec.seed),
-                f"{spec.lr:g}",
-                str(r.trainer.max_steps),
-                f"{per_step * r.data.seq_len:,}" if per_step else "auto",
-                "yes" if spec.finished else "no",
-            )
-        console.print(table)
+        _print_plan(ctx, plan_protocol(ctx), jobs)
         return
     columns = (
         TextColumn("{task.description}"),
@@ -83,7 +69,62 @@ def repro(
         def on_progress(description: str, done: int, total: int) -> None:
             progress.update(task, description=description, completed=done, total=max(total, 1))
 
-        report = run_protocol(protocol, scale, seeds, out, runs_dir, overrides, on_progress)
+        report = run_protocol(
+            protocol,
+            scale,
+            seeds,
+            out,
+            runs_dir,
+            overrides,
+            on_progress,
+            jobs=jobs,
+            train=train,
+            depths=only,
+        )
     lines = report.read_text().splitlines()
     console.print(next((line for line in lines if line.startswith("**Verdicts")), ""))
     console.print(f"report: {report}")
+
+
+def _depths(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise KeelError(f"--depths {text!r}: give sub-layer counts separated by commas") from None
+
+
+def _print_plan(ctx, specs, jobs: int) -> None:
+    from keelctl.repro.budget import run_s
+    from keelctl.repro.protocol import get_protocol
+
+    measures = get_protocol(ctx.protocol).measures
+    table = Table(title=f"repro {ctx.protocol} --scale {ctx.scale.name}: plan (sub-layers)")
+    for col in ("run", "scheme", "sub-layers", "seed", "lr", "steps", "tokens/step", "left"):
+        table.add_column(col)
+    costs = []
+    for spec in specs:
+        r, per_step = spec.recipe, spec.recipe.sequences_per_step
+        cost = run_s(ctx.scale, spec, ctx.out, measures)
+        costs.append(cost)
+        table.add_row(
+            spec.name,
+            spec.scheme,
+            str(spec.depth),
+            str(spec.seed),
+            f"{spec.lr:g}",
+            str(r.trainer.max_steps),
+            f"{per_step * r.data.seq_len:,}" if per_step else "auto",
+            "?" if cost is None else ("recorded" if cost == 0 else f"{cost / 60:.1f} min"),
+        )
+    console.print(table)
+    if None in costs:
+        console.print("estimate: none at this scale (no measured step time)")
+        return
+    total = sum(costs)
+    console.print(
+        f"estimate: {total / 60:.0f} CPU-minutes left for {sum(c > 0 for c in costs)} of "
+        f"{len(specs)} runs (training + measures, one thread, quiet machine; max-lr an upper "
+        f"bound); about {total / 60 / min(jobs, max(1, len(costs))):.0f} min with --jobs {jobs}"
+    )

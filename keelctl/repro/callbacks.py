@@ -22,11 +22,12 @@ class StepReporter(L.Callback):
 
 
 class StopWhenDiverged(L.Callback):
-    """Stops training once detect_divergence (without a reference curve) has found a divergence
-    that later points cannot move: a spike streak starting earlier would have fired within
-    spike_steps + 1 points, and an earlier plateau window ends within plateau_window points.
-    The post-hoc analysis reads the same losses from metrics.csv, so stopping changes nothing
-    but the time spent. Checks every `every` steps (the detector is O(steps x window))."""
+    """Stops training once detect_divergence without a reference curve (so only the nan and
+    spike rules, which no other run can overturn) has found a divergence that later points
+    cannot move: a spike streak starting earlier would have fired within spike_steps + 1
+    points. The post-hoc analysis reads the same losses and adds the reference rules (plateau,
+    slow), which can only move the divergence earlier, so stopping changes nothing but the
+    time spent. Checks every `every` steps (the detector is O(steps x window))."""
 
     def __init__(self, rules: DivergenceRules, total_steps: int, every: int = 10):
         self.rules, self.total_steps, self.every = rules, total_steps, every
@@ -46,6 +47,5 @@ class StopWhenDiverged(L.Callback):
         )
         if found is None:
             return
-        settle = max(self.rules.spike_steps + 1, self.rules.plateau_window)
-        if len(self.steps) - 1 - self.steps.index(found.step) >= settle:
+        if len(self.steps) - 1 - self.steps.index(found.step) >= self.rules.spike_steps + 1:
             trainer.should_stop = True

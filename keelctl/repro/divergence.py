@@ -11,14 +11,17 @@ earliest step any rule fires at is the divergence step:
     plateau  in a window of plateau_window points that starts after the first check_after
              fraction of the run, the smoothed loss has not gone below (1 - plateau_min_drop) x
              the best it had reached by the window's first point, nor risen above
-             spike_factor x that best (a curve that rose that far is a spike); the divergence
-             step is the first step of that window.
+             spike_factor x that best (a curve that rose that far is a spike), AND it stayed
+             above plateau_ref_factor x the reference curve at every point of the window; the
+             divergence step is the first step of that window. Without a reference curve the
+             rule is not checked: a plateau only counts when other runs kept learning.
     slow     after check_after, the smoothed loss stays above slow_factor x a reference curve's
              smoothed loss at the same step for more than slow_steps consecutive points.
 
 Ties go to the rule listed first. "Smoothed" is a trailing mean over `smooth` points, so one
 noisy batch neither fires a rule nor sets the running minimum. detect_divergence is a pure
-function: it reads nothing and writes nothing.
+function: it reads nothing and writes nothing. DivergenceRules.for_ramp scales every window
+with the length of the LR ramp (the calibration, stated in docs/repro.md).
 """
 
 from __future__ import annotations
@@ -44,12 +47,31 @@ class DivergenceRules:
     check_after: float = 0.1
     slow_factor: float = 1.5
     slow_steps: int = 10
+    plateau_ref_factor: float = 1.1
+
+    @classmethod
+    def for_ramp(cls, ramp_steps: int) -> DivergenceRules:
+        """The calibrated rules for a ramp of `ramp_steps` logged points: windows as fractions
+        of the ramp (smooth 1/50, spike and slow streaks 1/25, plateau window 1/5), a spike at
+        1.2 x the running minimum, a plateau only 10% above the reference. Fixed from the
+        committed 250-step curves (docs/repro.md) before any new run."""
+        return cls(
+            smooth=max(2, ramp_steps // 50),
+            spike_factor=1.2,
+            spike_steps=max(2, ramp_steps // 25),
+            plateau_window=max(4, ramp_steps // 5),
+            plateau_min_drop=0.01,
+            check_after=0.1,
+            slow_factor=1.5,
+            slow_steps=max(2, ramp_steps // 25),
+            plateau_ref_factor=1.1,
+        )
 
     def __post_init__(self) -> None:
         for name in ("smooth", "spike_steps", "plateau_window", "slow_steps"):
             if getattr(self, name) < 1:
                 raise KeelError(f"divergence rule {name} must be >= 1, got {getattr(self, name)}")
-        for name in ("spike_factor", "slow_factor"):
+        for name in ("spike_factor", "slow_factor", "plateau_ref_factor"):
             if getattr(self, name) <= 1:
                 raise KeelError(f"divergence rule {name} must be > 1, got {getattr(self, name)}")
         if not 0 <= self.plateau_min_drop < 1 or not 0 <= self.check_after < 1:
@@ -117,18 +139,25 @@ def _spike(s: Sequence[float], rules: DivergenceRules) -> tuple[int, str] | None
     )
 
 
-def _plateau(s: Sequence[float], first: int, rules: DivergenceRules) -> tuple[int, str] | None:
+def _plateau(
+    s: Sequence[float], ref: Sequence[float], first: int, rules: DivergenceRules
+) -> tuple[int, str] | None:
     w = rules.plateau_window
     best = list(itertools.accumulate(s, min))  # best[i] = min(s[: i + 1])
+    above = [
+        math.isfinite(r) and v > rules.plateau_ref_factor * r for v, r in zip(s, ref, strict=True)
+    ]
     for t in range(first + w - 1, len(s)):  # the window [t - w + 1, t] starts at or after first
         before = best[t - w + 1]  # best up to and including the window's first point
         window = s[t - w + 1 : t + 1]
-        if min(window) > (1 - rules.plateau_min_drop) * before and (
-            max(window) <= rules.spike_factor * before
-        ):  # higher is the spike rule's
+        if (
+            min(window) > (1 - rules.plateau_min_drop) * before
+            and max(window) <= rules.spike_factor * before  # higher is the spike rule's
+            and all(above[t - w + 1 : t + 1])
+        ):
             return t - w + 1, (
                 f"no drop of more than {rules.plateau_min_drop:.1%} below "
-                f"{before:.4g} over {w} points"
+                f"{before:.4g} over {w} points, above {rules.plateau_ref_factor:g} x reference"
             )
     return None
 
@@ -160,7 +189,7 @@ def detect_divergence(
     """The first divergence of a loss curve, or None for a healthy run.
 
     steps, losses, lrs: one entry per logged point, lrs[i] the LR used at steps[i].
-    reference: a loss curve on the same steps (the slow rule is skipped without one).
+    reference: a loss curve on the same steps (plateau and slow are skipped without one).
     total_steps: the planned length of the run, for check_after (default: the last step + 1),
     so a run cut short by a NaN still skips the same early fraction.
     """
@@ -172,13 +201,13 @@ def detect_divergence(
     total = total_steps if total_steps is not None else steps[-1] + 1
     first = next((i for i, st in enumerate(steps) if st >= rules.check_after * total), n)
     s = smoothed(losses, rules.smooth)
-    found = [
-        ("nan", _nan(losses)),
-        ("spike", _spike(s, rules)),
-        ("plateau", _plateau(s, first, rules)),
-    ]
+    found = [("nan", _nan(losses)), ("spike", _spike(s, rules))]
     if reference is not None:
-        found.append(("slow", _slow(s, smoothed(reference, rules.smooth), first, rules)))
+        ref = smoothed(reference, rules.smooth)
+        found += [
+            ("plateau", _plateau(s, ref, first, rules)),
+            ("slow", _slow(s, ref, first, rules)),
+        ]
     hits = [(hit[0], rule, hit[1]) for rule, hit in found if hit is not None]
     if not hits:
         return None

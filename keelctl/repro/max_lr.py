@@ -18,11 +18,11 @@ from matplotlib.ticker import NullFormatter
 from keelctl.analysis.plots import new_figure
 from keelctl.repro import paper
 from keelctl.repro.callbacks import StopWhenDiverged
+from keelctl.repro.context import Context, Protocol
 from keelctl.repro.divergence import Divergence, detect_divergence, smoothed
 from keelctl.repro.plan import Outcome, Progress, RunSpec
-from keelctl.repro.protocol import Context, Protocol, register
 from keelctl.repro.report import Report, md_table
-from keelctl.repro.verdicts import claim, fmt_group
+from keelctl.repro.verdicts import claim, fmt_group, mean_std
 from keelctl.runs import METRICS_CSV
 from keelctl.train.curves import read_metric
 
@@ -68,10 +68,10 @@ class Curve:
         return self.found.last_lr if self.found.last_lr is not None else 0.0
 
 
-def read_curve(spec: RunSpec) -> Curve:
-    """Per-step (step, train loss, lr) from metrics.csv; a step logged twice keeps its last
-    value (the NaN guard re-logs the bad step's loss)."""
-    path = spec.run_dir / METRICS_CSV
+def read_curve(o: Outcome) -> Curve:
+    """Per-step (step, train loss, lr) from the record's metrics.csv; a step logged twice keeps
+    its last value (the NaN guard re-logs the bad step's loss)."""
+    spec, path = o.spec, o.record / METRICS_CSV
     loss_by_step = dict(zip(*read_metric(path, "train_loss"), strict=True))
     lr_by_step = dict(zip(*read_metric(path, "lr"), strict=True))
     steps = sorted(loss_by_step)
@@ -126,6 +126,8 @@ def loss_vs_lr_figure(curves: list[Curve], depths: tuple[int, ...], smooth: int)
                     markersize=10,
                     markeredgewidth=2,
                 )
+            elif c.found is None and c.steps:  # o = the rule found no divergence
+                ax.plot(c.lrs[-1], smoothed(c.losses, smooth)[-1], "o", color=colour, mfc="none")
         ax.set(
             title=f"{depth} sub-layers",
             xlabel="learning rate (linear ramp)",
@@ -133,7 +135,10 @@ def loss_vs_lr_figure(curves: list[Curve], depths: tuple[int, ...], smooth: int)
         )
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-    fig.suptitle("Loss along the LR ramp; x = detected divergence (its last LR is the max LR)")
+    fig.suptitle(
+        "Loss along the LR ramp, every seed; x = detected divergence (the LR before it is the "
+        "max LR), o = never diverged"
+    )
     return fig
 
 
@@ -150,12 +155,15 @@ def max_lr_figure(curves: list[Curve], depths: tuple[int, ...]):
             for c in group:  # ^ = never diverged: the max LR is at least the ramp's peak
                 marker = "o" if c.found is not None else "^"
                 ax.plot(d, max(c.max_lr, 1e-6), marker, color=f"C{k}", alpha=0.6)
-        ax.plot(
+        stats = [mean_std(y) if y else (math.nan, math.nan) for y in ys]
+        ax.errorbar(
             depths,
-            [max(sum(y) / len(y), 1e-6) for y in ys],
-            "-",
+            [max(m, 1e-6) for m, _ in stats],
+            yerr=[sd for _, sd in stats],
+            fmt="-",
+            capsize=3,
             color=f"C{k}",
-            label=f"{scheme} (ours)",
+            label=f"{scheme} (ours, mean ± std)",
         )
         theirs = [(d, row[scheme]) for d, row in paper.MAX_LR.items() if scheme in row]
         if theirs:
@@ -187,7 +195,7 @@ def analyse(ctx: Context, outcomes: list[Outcome], report: Report, progress: Pro
     sc = ctx.scale
     curves = []
     for o in outcomes:
-        curves.append(read_curve(o.spec))
+        curves.append(read_curve(o))
         progress.report(f"read {o.spec.name}", progress.done + 1)
     detect(ctx, curves)
     lr_step = sc.max_lr_peak / sc.max_lr_steps
@@ -257,19 +265,21 @@ def analyse(ctx: Context, outcomes: list[Outcome], report: Report, progress: Pro
     report.section(
         "Divergence rules",
         f"Detector settings at this scale: {rules}.",
-        "See keelctl/repro/divergence.py and docs/repro.md for each rule. Runs stop "
-        "early once a divergence is certain (StopWhenDiverged).",
+        "See keelctl/repro/divergence.py and docs/repro.md for each rule. The rules were "
+        "calibrated on the committed single-seed 250-step curves before any run of this ramp "
+        "(docs/repro.md, 'Calibration'): windows scale with the ramp, a spike is 1.2 x the "
+        "running minimum, and a plateau counts only while it sits more than "
+        f"{sc.divergence.plateau_ref_factor:g} x above the best scheme's loss at the same step. "
+        "Runs stop early once a nan or spike divergence is certain (StopWhenDiverged).",
     )
 
 
-register(
-    Protocol(
-        name="max-lr",
-        title="maximum tolerable learning rate (Table 1)",
-        claim="Keel tolerates a larger peak learning rate than Pre-LN, DeepNorm and Post-LN, "
-        "at every depth (paper Table 1).",
-        plan=plan,
-        analyse=analyse,
-        callbacks=callbacks,
-    )
+MAX_LR = Protocol(
+    name="max-lr",
+    title="maximum tolerable learning rate (Table 1)",
+    claim="Keel tolerates a larger peak learning rate than Pre-LN, DeepNorm and Post-LN, "
+    "at every depth (paper Table 1).",
+    plan=plan,
+    analyse=analyse,
+    callbacks=callbacks,
 )

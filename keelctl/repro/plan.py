@@ -21,6 +21,7 @@ from pathlib import Path
 
 from keelctl.config import RecipeConfig, apply_overrides, dump_recipe, load_recipe, recipe_from_dict
 from keelctl.errors import KeelError
+from keelctl.repro import records
 from keelctl.repro.scales import Scale
 from keelctl.runs import (
     CHECKPOINTS,
@@ -97,11 +98,17 @@ class RunSpec:
 
 @dataclass
 class Outcome:
-    """A run after execution: its summary, and whether this invocation trained it."""
+    """A finished run as the analyses see it: its compact record (records.py), its summary, and
+    how this invocation got it ("trained now", "run dir reused" or "from record")."""
 
     spec: RunSpec
+    record: Path
     summary: dict
-    trained_now: bool
+    how: str
+
+    @property
+    def trained_now(self) -> bool:
+        return self.how == "trained now"
 
 
 def make_recipe(
@@ -186,45 +193,121 @@ class Progress:
             self.on_progress(description, self.done, self.total)
 
 
-def execute(
-    specs: Sequence[RunSpec],
-    progress: Progress,
-    callbacks: Callable[[RunSpec], list] = lambda spec: [],
-) -> list[Outcome]:
-    """Train every unfinished run (in order) and return every run's Outcome. A run that the
-    NaN guard stopped is an outcome like any other (its summary says status: diverged)."""
+Measure = Callable[[RunSpec], dict]  # a measurement that needs the run's weights
+
+
+def _train(spec: RunSpec, callbacks: list, on_step: Callable[[int], None] | None) -> None:
     import logging
 
     from keelctl.repro.callbacks import StepReporter
     from keelctl.train import train
 
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    outcomes = []
-    for spec in specs:
-        if spec.finished:
-            _check_same_recipe(spec)
-            outcomes.append(Outcome(spec, spec.summary(), trained_now=False))
-            continue
-        resume = (spec.run_dir / CHECKPOINTS / "last.ckpt").is_file()
-        if resume:
-            _check_same_recipe(spec)
-        elif spec.run_dir.exists():
-            _clear_interrupted(spec.run_dir)
-        base = progress.done
-        reporter = StepReporter(
-            lambda step, base=base, spec=spec: progress.report(f"training {spec.name}", base + step)
+    resume = (spec.run_dir / CHECKPOINTS / "last.ckpt").is_file()
+    if resume:
+        _check_same_recipe(spec)
+    elif spec.run_dir.exists():
+        _clear_interrupted(spec.run_dir)
+    reporter = [StepReporter(on_step)] if on_step else []
+    try:
+        train(
+            spec.recipe,
+            spec.run_dir,
+            resume=resume,
+            progress_bar=False,
+            callbacks=[*reporter, *callbacks],
         )
-        try:
-            train(
-                spec.recipe,
-                spec.run_dir,
-                resume=resume,
-                progress_bar=False,
-                callbacks=[reporter, *callbacks(spec)],
+    except KeelError:
+        if not spec.finished:  # a real error, not the NaN guard's stop
+            raise
+
+
+def complete(
+    spec: RunSpec,
+    record: Path,
+    measures: dict[str, Measure],
+    callbacks: list,
+    on_step: Callable[[int], None] | None = None,
+) -> str:
+    """Train the run unless its run dir holds it finished, then fill its record: the training
+    files and every measure it lacks. Returns how the run was had."""
+    if spec.finished:
+        _check_same_recipe(spec)
+        how = "run dir reused"
+    else:
+        _train(spec, callbacks, on_step)
+        how = "trained now"
+    records.save_training(spec.run_dir, record)
+    for name, measure in measures.items():
+        if not (record / f"{name}.json").is_file():
+            records.save_measure(record, name, measure(spec))
+    return how
+
+
+def _complete_in_worker(args) -> str:
+    import torch
+
+    torch.set_flush_denormal(True)  # a vanishing gradient fills CPU tensors with subnormals
+    return complete(*args)
+
+
+def execute(
+    specs: Sequence[RunSpec],
+    progress: Progress,
+    out: Path,
+    measures: dict[str, Measure],
+    callbacks: Callable[[RunSpec], list] = lambda spec: [],
+    jobs: int = 1,
+    may_train: Callable[[RunSpec], bool] = lambda spec: True,
+) -> tuple[list[Outcome], list[RunSpec]]:
+    """Every planned run's Outcome, from its record when one holds what the protocol needs,
+    else from its run dir (training it if unfinished, `jobs` runs at a time in separate
+    processes) and then recorded. Returns (outcomes in plan order, runs still missing: those
+    `may_train` refused, for a report from what is recorded)."""
+    had: dict[Path, tuple[Path, str]] = {}
+    todo = []
+    for spec in specs:
+        record = records.adopt(out, spec.name, tuple(measures))
+        if record is not None:
+            had[spec.run_dir] = (record, "from record")
+        elif may_train(spec):
+            todo.append(spec)
+    if jobs > 1 and len(todo) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+        with pool:
+            futures = {
+                pool.submit(
+                    _complete_in_worker,
+                    (s, records.record_dir(out, s.name), measures, callbacks(s)),
+                ): s
+                for s in todo
+            }
+            for future in as_completed(futures):
+                spec = futures[future]
+                had[spec.run_dir] = (records.record_dir(out, spec.name), future.result())
+                progress.report(
+                    f"finished {spec.name}", progress.done + spec.recipe.trainer.max_steps
+                )
+    else:
+        for spec in todo:
+            base = progress.done
+            how = complete(
+                spec,
+                records.record_dir(out, spec.name),
+                measures,
+                callbacks(spec),
+                lambda step, base=base, spec=spec: progress.report(
+                    f"training {spec.name}", base + step
+                ),
             )
-        except KeelError:
-            if not spec.finished:  # a real error, not the NaN guard's stop
-                raise
-        progress.report(f"trained {spec.name}", base + spec.recipe.trainer.max_steps)
-        outcomes.append(Outcome(spec, spec.summary(), trained_now=True))
-    return outcomes
+            had[spec.run_dir] = (records.record_dir(out, spec.name), how)
+            progress.report(f"finished {spec.name}", base + spec.recipe.trainer.max_steps)
+    outcomes = [
+        Outcome(s, had[s.run_dir][0], records.summary(had[s.run_dir][0]), had[s.run_dir][1])
+        for s in specs
+        if s.run_dir in had
+    ]
+    return outcomes, [s for s in specs if s.run_dir not in had]

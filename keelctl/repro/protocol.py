@@ -3,9 +3,9 @@
     from keelctl.repro import run_protocol
     report_md = run_protocol("depth-sweep", scale="cpu", seeds=1, out="repro/depth-sweep")
 
-Each protocol module (max_lr, sweeps, analyses) registers a Protocol: a `plan` (the runs it
-needs, from the scale) and an `analyse` (tables, figures and verdicts into the Report, through
-the analysis commands' own functions).
+Each protocol module (max_lr, sweeps, analyses) defines Protocol records (context.py): a `plan`
+(the runs it needs, from the scale) and an `analyse` (tables, figures and verdicts into the
+Report, through the analysis commands' own functions); PROTOCOLS below lists them.
 """
 
 from __future__ import annotations
@@ -16,77 +16,44 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 
 from keelctl.errors import KeelError
+from keelctl.repro import analyses, max_lr, redundancy, sweeps
+from keelctl.repro.context import Context, Protocol
+from keelctl.repro.measures import measures_for
 from keelctl.repro.plan import (
     OnProgress,
     Outcome,
     Progress,
     RunSpec,
     execute,
-    make_recipe,
-    make_spec,
     unique,
     write_recipes,
 )
+from keelctl.repro.records import RECORDS
 from keelctl.repro.report import Report, machine, md_table, rel
-from keelctl.repro.scales import Scale, get_scale
+from keelctl.repro.scales import get_scale
 from keelctl.repro.verdicts import __doc__ as VERDICT_RULE
 from keelctl.runs import config_hash
 
-
-@dataclass
-class Context:
-    """Everything a protocol's plan and analysis need to know about this invocation."""
-
-    protocol: str
-    scale: Scale
-    seeds: list[int]
-    out: Path
-    runs_dir: Path
-    overrides: list[str]
-    commands: list[str] = field(default_factory=list)  # analysis commands, for the report
-
-    def recipe(self, **kw):
-        return make_recipe(self.scale, self.overrides, **kw)
-
-    def spec(self, label: str, recipe) -> RunSpec:
-        return make_spec(label, recipe, self.runs_dir)
-
-
-@dataclass(frozen=True)
-class Protocol:
-    name: str
-    title: str
-    claim: str
-    plan: Callable[[Context], list[RunSpec]]
-    analyse: Callable[[Context, list[Outcome], Report, Progress], None]
-    analysis_units: Callable[[list[RunSpec]], int] = len
-    callbacks: Callable[[Context], Callable[[RunSpec], list]] | None = None
-
-
-PROTOCOLS: dict[str, Protocol] = {}
-
-
-def register(protocol: Protocol) -> Protocol:
-    PROTOCOLS[protocol.name] = protocol
-    return protocol
-
-
-def _protocols() -> dict[str, Protocol]:
-    from keelctl.repro import analyses, max_lr, sweeps  # noqa: F401  (each registers itself)
-
-    return PROTOCOLS
+PROTOCOLS: dict[str, Protocol] = {
+    p.name: p
+    for p in (
+        max_lr.MAX_LR,
+        sweeps.LR_SWEEP,
+        sweeps.DEPTH_SWEEP,
+        analyses.GRAD_FLOW,
+        redundancy.REDUNDANCY,
+    )
+}
 
 
 def get_protocol(name: str) -> Protocol:
-    protocols = _protocols()
-    if name not in protocols:
-        raise KeelError(f"unknown protocol {name!r}; use one of {', '.join(protocols)}")
-    return protocols[name]
+    if name not in PROTOCOLS:
+        raise KeelError(f"unknown protocol {name!r}; use one of {', '.join(PROTOCOLS)}")
+    return PROTOCOLS[name]
 
 
 def make_context(
@@ -144,20 +111,41 @@ def run_protocol(
     runs_dir: str | Path | None = None,
     overrides: Sequence[str] = (),
     on_progress: OnProgress | None = None,
+    jobs: int = 1,
+    train: bool = True,
+    depths: Sequence[int] | None = None,
 ) -> Path:
-    """Train what the protocol's plan lacks, analyse, and write OUT/report.md (returned)."""
+    """Complete what the protocol's records lack (training `jobs` runs at a time; with
+    train=False nothing, with `depths` only runs at those depths), analyse what is recorded,
+    and write OUT/report.md (returned), which lists the planned runs still missing."""
     ctx = make_context(protocol, scale, seeds, out, runs_dir, overrides)
     proto = get_protocol(protocol)
+    if jobs < 1:
+        raise KeelError(f"--jobs must be at least 1, got {jobs}")
     specs = plan_protocol(ctx)
+    unknown = sorted(set(depths or ()) - {s.depth for s in specs})
+    if unknown:
+        raise KeelError(
+            f"--depths {unknown} not in this plan; use some of {sorted({s.depth for s in specs})}"
+        )
     load_at_start = os.getloadavg()[0]
     started = time.perf_counter()
     recipe_paths = write_recipes(specs, ctx.out / "recipes")
-    todo = sum(s.recipe.trainer.max_steps for s in specs if not s.finished)
-    progress = Progress(todo + proto.analysis_units(specs), on_progress)
+    progress = Progress(sum(s.recipe.trainer.max_steps for s in specs) + len(specs), on_progress)
     callbacks = proto.callbacks(ctx) if proto.callbacks else (lambda spec: [])
-    outcomes = execute(specs, progress, callbacks)
+    outcomes, missing = execute(
+        specs,
+        progress,
+        ctx.out,
+        measures_for(proto.measures, ctx.scale),
+        callbacks,
+        jobs=jobs,
+        may_train=lambda s: train and (not depths or s.depth in depths),
+    )
     trained_s = time.perf_counter() - started
     report = Report(ctx.out, f"keelctl repro {protocol}: {proto.title}", proto.claim)
+    if missing:
+        report.add(_missing_note(ctx, missing))
     analysis_started = time.perf_counter()
     proto.analyse(ctx, outcomes, report, progress)
     analysis_s = time.perf_counter() - analysis_started
@@ -174,6 +162,16 @@ def run_protocol(
     )
     _setup_section(ctx, report, outcomes, timing)
     return report.write()
+
+
+def _missing_note(ctx: Context, missing: list[RunSpec]) -> str:
+    rows = [(s.name, s.scheme, s.depth, s.seed, f"{s.lr:g}") for s in missing]
+    return (
+        f"**Partial report: {len(missing)} planned run(s) have no record yet**, so every "
+        "table, figure and verdict below uses only the recorded runs (n per group is shown). "
+        f"Missing (complete them with `{repro_command(ctx)}`):\n\n"
+        + md_table(("missing run", "scheme", "sub-layers", "seed", "lr"), rows)
+    )
 
 
 def _runs_section(
@@ -193,13 +191,15 @@ def _runs_section(
                 s.get("status"),
                 config_hash(spec.recipe.model),
                 f"{s.get('wall_time_s', 0):.0f} s",
-                "trained now" if o.trained_now else "reused",
+                o.how,
             )
         )
     report.section(
         "Runs",
-        f"Run dirs under `{ctx.runs_dir}`; depth in sub-layers; config hash = "
-        "keelctl.runs.config_hash of the model config; train time from each summary.json.",
+        f"Run dirs under `{ctx.runs_dir}`, compact records under "
+        f"`{rel(ctx.out / RECORDS, ctx.out)}/` (what every number here is computed from); depth "
+        "in sub-layers; config hash = keelctl.runs.config_hash of the model config; train "
+        "time from each summary.json.",
         md_table(
             (
                 "run",

@@ -2,9 +2,10 @@
 
 micro  a few steps of 2- and 4-sub-layer models on any corpus: the tests' scale; its numbers
        mean nothing.
-cpu    d_model 64 on the Python standard-library sources, byte tokenizer, 16 and 64 sub-layers:
-       each protocol fits 20 minutes on 2 CPU cores with one seed (sized from measured steps:
-       0.17 s at 16 and 0.65 s at 64 sub-layers, one torch thread, batch 16 x 128 tokens).
+cpu    d_model 64 on the Python standard-library sources, byte tokenizer, 16, 64 and 256
+       sub-layers, 3 seeds: every protocol together in about 3 hours on 2 CPU cores with
+       `--jobs 2` (sized from measured steps: 0.17 s at 16, 0.65 s at 64 and about 2.9 s at 256
+       sub-layers, one torch thread, batch 16 x 128 tokens; `--plan` prints the estimate).
 gpu    the paper's shapes: d_model 1024 (FFN 3072, 16 heads, 8 KV heads), 1024 x 4096 tokens per
        step through 8 devices x 4 sequences x 32 accumulation, bf16; 64..1024 sub-layers.
        Step counts here are ours (the paper trains far longer); plans only are tested.
@@ -27,22 +28,41 @@ class Scale:
     # depth-sweep (and the grad-flow / redundancy runs, which are the same runs)
     depths: tuple[int, ...]
     steps: int  # same for every depth: a fixed token budget
-    lr: float  # the same for every scheme (an equal-LR comparison)
-    # lr-sweep
-    lrs: tuple[float, ...]
+    # lr-sweep (its run at `lr` is depth-sweep's run at lr_sweep_depth when the steps agree)
     lr_sweep_depth: int
-    lr_sweep_steps: int
     # max-lr: LR warmed linearly from 0 to max_lr_peak over max_lr_steps, no decay
     max_lr_depths: tuple[int, ...]
     max_lr_steps: int
-    divergence: DivergenceRules
     max_lr_peak: float = 5e-2
+    lr: float = 3e-3  # depth-sweep's LR, the same for every scheme (an equal-LR comparison)
+    lrs: tuple[float, ...] = (1.5e-3, 3e-3, 6e-3)
     # redundancy: evaluation tokens per removal; eval/ablation batch size
     ablation_tokens: int = 16384
     eval_batch_size: int = 8
+    # depth-sweep's downstream score: bundled lm-eval tasks and documents per task (None = all)
+    tasks: tuple[str, ...] = ("keel_nextline",)
+    task_limit: int | None = None
     seed: int = 0  # seeds are seed, seed + 1, ...
-    max_lr_schemes: tuple[str, ...] = ("post_ln", "deepnorm", "mix_ln", "pre_ln", "keel")
+    max_lr_schemes: tuple[str, ...] = (
+        "post_ln",
+        "deepnorm",
+        "mix_ln",
+        "hybridnorm",
+        "pre_ln",
+        "keel",
+    )
     grad_schemes: tuple[str, ...] = ("post_ln", "deepnorm", "pre_ln", "keel")
+    # the --plan estimate: measured seconds per training step per sub-layer (None: no estimate)
+    step_s_per_sublayer: float | None = None
+
+    @property
+    def lr_sweep_steps(self) -> int:
+        return self.steps
+
+    @property
+    def divergence(self) -> DivergenceRules:
+        """The detector's rules, scaled to this scale's LR ramp (divergence.py)."""
+        return DivergenceRules.for_ramp(self.max_lr_steps)
 
 
 _SMALL_MODEL = dict(n_heads=4, n_kv_heads=2, vocab_size=257)
@@ -50,22 +70,20 @@ _SMALL_MODEL = dict(n_heads=4, n_kv_heads=2, vocab_size=257)
 MICRO = Scale(
     name="micro",
     recipe=dict(
-        model=dict(d_model=32, max_seq_len=32, **_SMALL_MODEL),
-        data=dict(seq_len=32, batch_size=4, val_tokens=512),
+        model=dict(d_model=32, max_seq_len=64, **_SMALL_MODEL),
+        data=dict(seq_len=64, batch_size=4, val_tokens=512),  # 64: keel_nextline's lines fit
         optim=dict(min_lr=1e-5),
         trainer=dict(accelerator="cpu", log_every=1, val_every=4, grad_flow_every=3),
     ),
     depths=(2, 4),
     steps=6,
-    lr=3e-3,
     lrs=(3e-3, 1e-2),
     lr_sweep_depth=2,
-    lr_sweep_steps=6,
     max_lr_depths=(2, 4),
     max_lr_steps=10,
-    divergence=DivergenceRules(smooth=2, spike_steps=2, plateau_window=4, slow_steps=2),
     ablation_tokens=256,
     eval_batch_size=4,
+    task_limit=4,
 )
 
 CPU = Scale(
@@ -74,28 +92,20 @@ CPU = Scale(
         model=dict(d_model=64, max_seq_len=128, **_SMALL_MODEL),
         data=dict(corpus="builtin:python-stdlib", seq_len=128, batch_size=16, val_tokens=32768),
         optim=dict(min_lr=3e-5),
-        trainer=dict(accelerator="cpu", log_every=1, val_every=100, grad_flow_every=100),
+        trainer=dict(accelerator="cpu", log_every=1, val_every=125, grad_flow_every=125),
     ),
-    depths=(16, 64),
-    steps=300,
-    lr=3e-3,
-    lrs=(1.5e-3, 3e-3, 6e-3),
+    depths=(16, 64, 256),
+    steps=250,
     lr_sweep_depth=64,
-    lr_sweep_steps=250,
+    # the committed runs' slope (0.05 per 250 steps), carried on to 0.1: the first 250 steps
+    # are the committed ramp, the rest reaches LRs where Keel and Pre-LN may diverge too
     max_lr_depths=(16, 64),
-    max_lr_steps=250,
-    divergence=DivergenceRules(
-        smooth=5,
-        spike_factor=1.5,
-        spike_steps=10,
-        plateau_window=50,
-        plateau_min_drop=0.01,
-        check_after=0.1,
-        slow_factor=1.5,
-        slow_steps=10,
-    ),
-    ablation_tokens=16384,
+    max_lr_steps=500,
+    max_lr_peak=0.1,
+    ablation_tokens=4096,
     eval_batch_size=16,
+    task_limit=200,
+    step_s_per_sublayer=0.0102,  # 0.65 s per step at 64 sub-layers, quiet machine, 1 thread
 )
 
 GPU = Scale(
@@ -131,24 +141,10 @@ GPU = Scale(
     ),
     depths=(64, 128, 512, 1024),
     steps=20000,
-    lr=3e-3,
-    lrs=(1.5e-3, 3e-3, 6e-3),
     lr_sweep_depth=512,
-    lr_sweep_steps=20000,
     max_lr_depths=(64, 512),
     max_lr_steps=5000,
-    divergence=DivergenceRules(
-        smooth=20,
-        spike_factor=1.5,
-        spike_steps=100,
-        plateau_window=500,
-        plateau_min_drop=0.01,
-        check_after=0.1,
-        slow_factor=1.5,
-        slow_steps=100,
-    ),
     ablation_tokens=1048576,
-    eval_batch_size=8,
 )
 
 SCALES: dict[str, Scale] = {s.name: s for s in (MICRO, CPU, GPU)}

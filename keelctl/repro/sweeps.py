@@ -3,25 +3,33 @@
 lr-sweep: one depth, each LR of the scale, final validation loss (summary.json: the run's fixed
 validation set). depth-sweep: each depth at one LR and a fixed token budget (same steps and batch
 at every depth), validation perplexity from `keelctl eval` (every held-out token, rolling
-windows). Both schedules: linear warm-up over the first 10% of steps, cosine to min_lr.
+windows) and the bundled lm-eval task's accuracy beside it, both kept in each run's record.
+Both schedules: linear warm-up over the first 10% of steps, cosine to min_lr.
 Differences of single-seed losses under TIE nats/token are ties.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 from keelctl.analysis.plots import new_figure
 from keelctl.repro import paper
+from keelctl.repro.context import Context, Protocol
+from keelctl.repro.measures import finite
 from keelctl.repro.plan import Outcome, Progress, RunSpec
-from keelctl.repro.protocol import Context, Protocol, register
-from keelctl.repro.report import Report, md_table, rel
+from keelctl.repro.records import load_measure
+from keelctl.repro.report import Report, md_table
 from keelctl.repro.verdicts import claim, fmt_group, mean_std
 from keelctl.runs import METRICS_CSV
+from keelctl.train.curves import read_metric
 
 SCHEMES = ("pre_ln", "keel")
 TIE = 0.01  # nats/token
+
+
+def label(scheme: str, depth: int, lr: float, seed: int) -> str:
+    """One name for a sweep run, so lr-sweep and depth-sweep share their common runs."""
+    return f"{scheme}-L{depth}-lr{lr:g}-s{seed}"
 
 
 def train_spec(
@@ -37,10 +45,10 @@ def depth_sweep_specs(ctx: Context, schemes=SCHEMES) -> list[RunSpec]:
     """The depth-sweep's runs; grad-flow and redundancy plan the same ones (and share them)."""
     sc = ctx.scale
     return [
-        train_spec(ctx, scheme, depth, seed, sc.lr, sc.steps, f"{scheme}-L{depth}-s{seed}")
+        train_spec(ctx, scheme, depth, seed, sc.lr, sc.steps, label(scheme, depth, sc.lr, seed))
         for depth in sc.depths
+        for seed in ctx.seeds  # seed before scheme: a sweep cut short leaves complete pairs
         for scheme in schemes
-        for seed in ctx.seeds
     ]
 
 
@@ -100,7 +108,7 @@ def plan_lr_sweep(ctx: Context) -> list[RunSpec]:
             seed,
             lr,
             sc.lr_sweep_steps,
-            f"{scheme}-L{sc.lr_sweep_depth}-lr{lr:g}-s{seed}",
+            label(scheme, sc.lr_sweep_depth, lr, seed),
         )
         for lr in sc.lrs
         for scheme in SCHEMES
@@ -169,36 +177,27 @@ def analyse_lr_sweep(
 # ---- depth-sweep ----------------------------------------------------------------------------
 
 
+def _eval(o: Outcome) -> dict:
+    return load_measure(o.record, "eval")
+
+
+def val_nll(o: Outcome) -> float:
+    return finite(_eval(o)["nll"])
+
+
+def task_acc(task: str):
+    return lambda o: finite(_eval(o)["tasks"].get(task, {}).get("acc"))
+
+
 def analyse_depth_sweep(
     ctx: Context, outcomes: list[Outcome], report: Report, progress: Progress
 ) -> None:
-    from keelctl.eval.runner import evaluate_runs
-    from keelctl.train.curves import loss_curves
-
     sc = ctx.scale
-    nll: dict[Path, float] = {}
-    for o in outcomes:
-        progress.report(f"eval {o.spec.name}", progress.done)
-        if o.summary.get("status") == "diverged":
-            nll[o.spec.run_dir] = math.nan
-        else:
-            run = evaluate_runs([o.spec.run_dir], batch_size=sc.eval_batch_size)["runs"][0]
-            nll[o.spec.run_dir] = run["perplexity"]["nll"]
-        progress.report(f"eval {o.spec.name}", progress.done + 1)
-    ctx.commands.append(
-        "keelctl eval "
-        + " ".join(str(o.spec.run_dir) for o in outcomes)
-        + f" --batch-size {sc.eval_batch_size}"
-    )
-
-    def value(o: Outcome) -> float:
-        return nll[o.spec.run_dir]
-
     rows = []
     for depth in sc.depths:
         keel, pre = (
-            by(outcomes, value, scheme="keel", depth=depth),
-            by(outcomes, value, scheme="pre_ln", depth=depth),
+            by(outcomes, val_nll, scheme="keel", depth=depth),
+            by(outcomes, val_nll, scheme="pre_ln", depth=depth),
         )
         scores = paper.DEPTH_SWEEP.get(depth)
         report.verdicts.append(
@@ -214,13 +213,17 @@ def analyse_depth_sweep(
                 tie=TIE,
             )
         )
+        accs = [
+            fmt_group(by(outcomes, task_acc(task), scheme=scheme, depth=depth), ".3f")
+            for task in sc.tasks
+            for scheme in SCHEMES[::-1]
+        ]
         rows.append(
             (
                 depth,
                 fmt_group(keel),
-                fmt_group([math.exp(v) for v in keel]),
                 fmt_group(pre),
-                fmt_group([math.exp(v) for v in pre]),
+                *accs,
                 paper.paper_scores(paper.DEPTH_SWEEP, depth, "keel"),
                 paper.paper_scores(paper.DEPTH_SWEEP, depth, "pre_ln"),
             )
@@ -232,8 +235,8 @@ def analyse_depth_sweep(
             return [
                 p - k
                 for seed in ctx.seeds
-                for k in by(outcomes, value, scheme="keel", depth=depth, seed=seed)
-                for p in by(outcomes, value, scheme="pre_ln", depth=depth, seed=seed)
+                for k in by(outcomes, val_nll, scheme="keel", depth=depth, seed=seed)
+                for p in by(outcomes, val_nll, scheme="pre_ln", depth=depth, seed=seed)
             ]
 
         report.verdicts.append(
@@ -248,66 +251,92 @@ def analyse_depth_sweep(
                 names=(f"gain@{hi}", f"gain@{lo}"),
             )
         )
+    limit = f"first {sc.task_limit} documents" if sc.task_limit else "all documents"
     report.add(
         f"Fixed budget: {sc.steps} steps at every depth, LR {sc.lr:g} for both schemes. "
         "Validation loss = `keelctl eval` held-out NLL (nats/token) over the run's whole "
-        "validation split; the paper's columns are lm-eval averages (higher is better).",
+        f"validation split; accuracy = lm-eval's acc on the bundled task(s) ({limit}; chance "
+        "1/3 for keel_nextline); the paper's columns are lm-eval averages over 14 tasks.",
         md_table(
             (
                 "sub-layers",
                 "keel val loss",
-                "keel ppl",
                 "pre_ln val loss",
-                "pre_ln ppl",
+                *(f"{scheme} {task} acc" for task in sc.tasks for scheme in SCHEMES[::-1]),
                 "paper keel avg",
                 "paper pre_ln avg",
             ),
             rows,
         ),
     )
+    series = {"val-loss-vs-depth.png": (val_nll, "validation loss (nats/token)")}
+    series |= {f"{t}-acc-vs-depth.png": (task_acc(t), f"{t} accuracy") for t in sc.tasks}
+    for filename, (value, ylabel) in series.items():
+        report.figure(
+            xy_figure(
+                f"{ylabel} vs depth, fixed token budget",
+                "depth (sub-layers)",
+                ylabel,
+                _series(outcomes, value, "depth", list(sc.depths)),
+            ),
+            filename,
+            f"{ylabel} against depth (mean ± std over seeds)",
+        )
     report.figure(
-        xy_figure(
-            "Validation loss (log-perplexity) vs depth, fixed token budget",
-            "depth (sub-layers)",
-            "validation loss (nats/token)",
-            _series(outcomes, value, "depth", list(sc.depths)),
-        ),
-        "val-loss-vs-depth.png",
-        "Validation loss against depth (mean ± std)",
-    )
-    curves = {
-        f"{o.spec.scheme} L={o.spec.depth} s{o.spec.seed}": o.spec.run_dir / METRICS_CSV
-        for o in outcomes
-    }
-    report.figure(
-        loss_curves(curves, smooth=max(1, sc.steps // 40)),
+        mean_curves_figure(outcomes, sc.depths, smooth=max(1, sc.steps // 40)),
         "loss-curves.png",
-        "Training and validation loss of every run",
+        "Training loss per depth: mean over seeds, band ± std",
     )
     ctx.commands.append(
-        "keelctl compare-runs "
-        + " ".join(str(o.spec.run_dir) for o in outcomes)
-        + f" --plot {rel(ctx.out / 'loss-curves.png', Path.cwd())}"
+        "keelctl eval RUN_DIR --batch-size "
+        f"{sc.eval_batch_size} --tasks {','.join(sc.tasks)}"
+        + (f" --limit {sc.task_limit}" if sc.task_limit else "")
+        + "   # for each run; kept in records/RUN/eval.json"
     )
 
 
-register(
-    Protocol(
-        name="lr-sweep",
-        title="Keel vs Pre-LN at equal learning rates (Table 2)",
-        claim="At every learning rate of the sweep Keel trains to a better model than Pre-LN "
-        "(paper Table 2: higher average score at 1.5e-3, 3e-3 and 6e-3, 512 layers).",
-        plan=plan_lr_sweep,
-        analyse=analyse_lr_sweep,
-        analysis_units=lambda specs: 0,
-    )
+def mean_curves_figure(outcomes: list[Outcome], depths, smooth: int):
+    """One panel per depth: each scheme's smoothed training loss, mean over its seeds with a
+    ± std band (runs that stopped early end the band where the shortest run ends)."""
+    import numpy as np
+
+    from keelctl.repro.divergence import smoothed
+
+    fig = new_figure(4.5 * len(depths), 3.8)
+    axes = fig.subplots(1, len(depths), squeeze=False, sharey=True)[0]
+    for ax, depth in zip(axes, depths, strict=True):
+        for k, scheme in enumerate(SCHEMES):
+            curves = [
+                read_metric(o.record / METRICS_CSV, "train_loss")
+                for o in outcomes
+                if o.spec.scheme == scheme and o.spec.depth == depth
+            ]
+            if not curves:
+                continue
+            n = min(len(steps) for steps, _ in curves)
+            ys = np.array([smoothed(losses[:n], smooth) for _, losses in curves])
+            steps, mean, std = curves[0][0][:n], ys.mean(0), ys.std(0)
+            ax.plot(steps, mean, color=f"C{k}", label=f"{scheme} (n={len(curves)})")
+            ax.fill_between(steps, mean - std, mean + std, color=f"C{k}", alpha=0.25)
+        ax.set(title=f"{depth} sub-layers", xlabel="step", ylabel="training loss (nats/token)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    return fig
+
+
+LR_SWEEP = Protocol(
+    name="lr-sweep",
+    title="Keel vs Pre-LN at equal learning rates (Table 2)",
+    claim="At every learning rate of the sweep Keel trains to a better model than Pre-LN "
+    "(paper Table 2: higher average score at 1.5e-3, 3e-3 and 6e-3, 512 layers).",
+    plan=plan_lr_sweep,
+    analyse=analyse_lr_sweep,
 )
-register(
-    Protocol(
-        name="depth-sweep",
-        title="Keel vs Pre-LN over depth at a fixed token budget (Table 3)",
-        claim="Keel beats Pre-LN at every depth, and by more at greater depth (paper Table 3).",
-        plan=depth_sweep_specs,
-        analyse=analyse_depth_sweep,
-    )
+DEPTH_SWEEP = Protocol(
+    name="depth-sweep",
+    title="Keel vs Pre-LN over depth at a fixed token budget (Table 3)",
+    claim="Keel beats Pre-LN at every depth, and by more at greater depth (paper Table 3).",
+    plan=depth_sweep_specs,
+    analyse=analyse_depth_sweep,
+    measures=("eval",),
 )

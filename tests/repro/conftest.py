@@ -4,7 +4,6 @@ dir in which depth-sweep trains once for grad-flow and redundancy to reuse."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 
 @pytest.fixture(scope="module")

@@ -39,9 +39,11 @@ def test_cpu_plans_share_the_depth_sweep_runs(tmp_path):
         }
 
     sweep = dirs("depth-sweep")
-    assert len(sweep) == 4 and dirs("redundancy") == sweep
-    assert sweep < dirs("grad-flow") and len(dirs("grad-flow")) == 8
+    assert len(sweep) == 2 * 3 and dirs("redundancy") == sweep
+    assert sweep < dirs("grad-flow") and len(dirs("grad-flow")) == 4 * 3
     assert not dirs("max-lr") & sweep
+    # lr-sweep's run at depth-sweep's LR is depth-sweep's run at that depth
+    assert len(dirs("lr-sweep") & sweep) == 2
 
 
 def test_bad_depth_and_overrides_are_one_line_errors():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 
 import pytest
 from typer.testing import CliRunner
@@ -69,7 +70,57 @@ def test_second_invocation_skips_finished_runs(depth_sweep_report, shared_runs, 
     run_protocol("depth-sweep", "micro", 1, report.parent, shared_runs, micro_overrides)
     assert {p: (p / SUMMARY_JSON).stat().st_mtime_ns for p in stamps} == stamps
     text = report.read_text()
-    assert text.count("reused") == 4 and "trained now" not in text
+    assert text.count("from record") == 4 and "trained now" not in text
+
+
+def _numbers(report: str) -> str:
+    """The report up to its Runs section: verdicts, tables (no timings or paths)."""
+    return report.split("## Runs")[0]
+
+
+def test_records_alone_rebuild_the_report_on_a_fresh_machine(
+    depth_sweep_report, tmp_path, micro_overrides
+):
+    """Copy only the report folder (records are kilobytes, no weights): the rerun trains
+    nothing, needs no run dir, and writes the same numbers."""
+    report, _ = depth_sweep_report
+    fresh = tmp_path / "clone" / "depth-sweep"
+    shutil.copytree(report.parent, fresh)
+    sizes = [p.stat().st_size for p in (fresh / "records").rglob("*") if p.is_file()]
+    assert sizes and max(sizes) < 100_000
+    assert not list((fresh / "records").rglob("*.safetensors"))
+    again = run_protocol("depth-sweep", "micro", 1, fresh, tmp_path / "no-runs", micro_overrides)
+    assert not (tmp_path / "no-runs").exists()
+    assert _numbers(again.read_text()) == _numbers(report.read_text())
+
+
+def test_a_partial_sweep_reports_the_missing_runs(depth_sweep_report, tmp_path, micro_overrides):
+    """Seed 1 was never trained: --report-only writes the report from the recorded seed 0 and
+    lists seed 1's runs as missing; --depths trains only the depths asked for."""
+    report, _ = depth_sweep_report
+    out = tmp_path / "depth-sweep"
+    shutil.copytree(report.parent, out)
+    runs = tmp_path / "runs"
+    partial = run_protocol(
+        "depth-sweep", "micro", 2, out, runs, micro_overrides, train=False
+    ).read_text()
+    assert "Partial report: 4 planned run(s) have no record yet" in partial
+    missing = partial.split("Partial report")[1].split("## ")[0]
+    assert (
+        sum(
+            line.startswith("| keel-") or line.startswith("| pre_ln-")
+            for line in missing.splitlines()
+        )
+        == 4
+    )
+    assert all("-s1-" in line for line in missing.splitlines() if line.startswith("| keel-"))
+    assert not runs.exists()
+    text = run_protocol(
+        "depth-sweep", "micro", 2, out, runs, micro_overrides, depths=[2]
+    ).read_text()
+    assert "Partial report: 2 planned run(s)" in text and text.count("trained now") == 2
+    with pytest.raises(KeelError, match="--depths"):
+        run_protocol("depth-sweep", "micro", 2, out, runs, micro_overrides, depths=[3])
 
 
 def test_lr_sweep_end_to_end_resumes_interrupted_runs(tmp_path, micro_overrides):
@@ -99,16 +150,18 @@ def test_lr_sweep_end_to_end_resumes_interrupted_runs(tmp_path, micro_overrides)
     (second.run_dir / SUMMARY_JSON).unlink()
     (second.run_dir / "checkpoints" / "last.ckpt").unlink()
     (second.run_dir / "notes.txt").write_text("mine")
+    run_protocol("lr-sweep", "micro", 1, ctx.out, ctx.runs_dir, micro_overrides)  # its record
+    shutil.rmtree(ctx.out / "records" / second.name)
     with pytest.raises(KeelError, match="notes.txt"):
         run_protocol("lr-sweep", "micro", 1, ctx.out, ctx.runs_dir, micro_overrides)
 
 
 def test_max_lr_end_to_end(tmp_path, micro_overrides):
-    report = run_protocol("max-lr", "micro", 1, tmp_path, None, micro_overrides)
+    report = run_protocol("max-lr", "micro", 1, tmp_path / "r", None, micro_overrides)
     text = check_report(report, n_claims=3 * 2)  # 3 baselines x 2 depths
-    ctx = make_context("max-lr", "micro", 1, tmp_path, None, micro_overrides)
+    ctx = make_context("max-lr", "micro", 1, tmp_path / "r", None, micro_overrides)
     specs = plan_protocol(ctx)
-    assert len(specs) == 5 * 2
+    assert len(specs) == 6 * 2
     for spec in specs:  # the LR ramps linearly from 0 to 5e-2 over the run, no decay
         with open(spec.run_dir / "metrics.csv") as f:
             lrs = {int(r["step"]): float(r["lr"]) for r in csv.DictReader(f) if r["lr"]}
@@ -119,32 +172,59 @@ def test_max_lr_end_to_end(tmp_path, micro_overrides):
 def test_several_seeds_report_mean_and_std(
     depth_sweep_report, tmp_path, shared_runs, micro_overrides
 ):
-    report = run_protocol("depth-sweep", "micro", 2, tmp_path, shared_runs, micro_overrides)
+    report = run_protocol("depth-sweep", "micro", 2, tmp_path / "r", shared_runs, micro_overrides)
     text = check_report(report, n_claims=3)
     assert text.count("(n=2)") >= 4  # keel and pre_ln at both depths: mean ± std
     assert "single seed" not in text.split("## Results")[0]
-    assert text.count("reused") == 4 and text.count("trained now") == 4  # seed 0 is shared
+    assert text.count("from record") == 0 and text.count("run dir reused") == 4
+    assert text.count("trained now") == 4  # seed 0's runs are shared, their records are not
+
+
+def test_jobs_train_in_worker_processes_with_the_same_results(
+    depth_sweep_report, tmp_path, micro_overrides
+):
+    report, _ = depth_sweep_report
+    again = run_protocol(
+        "depth-sweep",
+        "micro",
+        1,
+        tmp_path / "r",
+        tmp_path / "runs",
+        micro_overrides,
+        jobs=2,
+        depths=[2],
+    ).read_text()
+    assert again.count("trained now") == 2
+    table = report.read_text().split("| sub-layers |")[1].split("\n\n")[0]
+    row_2 = next(line for line in table.splitlines() if line.startswith("| 2 |"))
+    assert row_2 in again  # depth 2's numbers, trained in two worker processes
 
 
 def test_grad_flow_reuses_depth_sweep_runs(
     depth_sweep_report, tmp_path, shared_runs, micro_overrides
 ):
-    report = run_protocol("grad-flow", "micro", 1, tmp_path, shared_runs, micro_overrides)
+    report = run_protocol("grad-flow", "micro", 1, tmp_path / "r", shared_runs, micro_overrides)
     text = check_report(report, n_claims=2 * 2 * 2)  # depths x (init, trained) x baselines
     rows = [line for line in text.split("## Runs")[1].splitlines() if line.startswith("| ")]
-    assert sum("reused" in r for r in rows) == 4  # keel + pre_ln at 2 depths
+    assert sum("run dir reused" in r for r in rows) == 4  # keel + pre_ln at 2 depths
     assert sum("trained now" in r for r in rows) == 4  # post_ln + deepnorm at 2 depths
-    data = json.loads((tmp_path / "grad-flow-L4.json").read_text())
+    data = json.loads((tmp_path / "r" / "grad-flow-L4.json").read_text())
     assert {r["scheme"] for r in data["runs"]} == {"post_ln", "deepnorm", "pre_ln", "keel"}
 
 
 def test_redundancy_end_to_end(depth_sweep_report, tmp_path, shared_runs, micro_overrides):
-    report = run_protocol("redundancy", "micro", 1, tmp_path, shared_runs, micro_overrides)
-    check_report(report, n_claims=1 + 2 + 1)  # first block, shallow per depth, trend
-    with open(tmp_path / "ablation-L4" / "ablation.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert {r["scheme"] for r in rows} == {"keel", "pre_ln"}
-    assert sum(r["kind"] != "full" for r in rows) == 2 * 4  # every sub-layer of both runs
+    """Single, block and range removal plus the stream steps, kept in each run's record."""
+    report = run_protocol("redundancy", "micro", 1, tmp_path / "r", shared_runs, micro_overrides)
+    text = check_report(report, n_claims=1 + 2 * 2 + 1)  # first, 2 shallow per depth, trend
+    assert "redundancy-L4.png" in text and "R²" in text
+    records = list((tmp_path / "r" / "records").glob("*-L4-*"))
+    assert len(records) == 2
+    for record in records:
+        data = json.loads((record / "ablation.json").read_text())
+        assert [r["layer"] for r in data["single"]] == [0, 1, 2, 3]
+        assert [r["layer"] for r in data["block"]] == [0, 1]
+        assert [r["removed"] for r in data["range"]] == ["0-1", "1-2", "2-3"]
+        assert len(data["step"]) == 4 and all(s > 0 for s in data["step"])
 
 
 @pytest.mark.parametrize(
@@ -161,7 +241,7 @@ def test_gpu_scale_plans_use_the_papers_shapes(protocol, tmp_path):
     assert {s.seed for s in specs} == {0, 1, 2}
     depths = {s.depth for s in specs}
     if protocol == "max-lr":
-        assert depths == {64, 512} and len(specs) == 5 * 2 * 3
+        assert depths == {64, 512} and len(specs) == 6 * 2 * 3
         assert all(
             s.recipe.optim.lr == 5e-2
             and s.recipe.optim.warmup_steps == s.recipe.trainer.max_steps == 5000

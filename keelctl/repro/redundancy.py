@@ -1,0 +1,322 @@
+"""redundancy (appendix A, Figure 6): `ablate-layers` over the depth-sweep's Keel and Pre-LN runs.
+
+Each run's record holds ablation.json (measures.py): on the same held-out tokens, the loss with
+every single sub-layer removed, every block removed, and ranges of L/4 sub-layers removed, plus
+each sub-layer's relative step |x' - x| / |x| on the residual stream. Per removal:
+rel ΔPPL = PPL without it / full PPL - 1. The claims of appendix A become these rules:
+
+  first    the share of sub-layers 2.. whose rel ΔPPL exceeds the first block's (sub-layers 0, 1)
+           largest. Reproduced when it is 0 in every run (the first block is the most critical);
+           opposite when it is above 0.5 in every run (the first block is below the median of
+           the rest); otherwise not at this scale.
+  shallow  median rel ΔPPL over the shallow sub-layers 1 .. L/2 - 1, Keel vs Pre-LN, higher is
+           better (the compare rule, ties under SHALLOW_TIE).
+  per step the median of rel ΔPPL / relative step over sub-layers 2 .. L/2 - 1: what removing a
+           sub-layer costs per unit of stream change. A Keel sub-layer moves its normalised
+           stream by about |F|/(alpha|x|) (alpha = L), so its ΔPPL is small partly by
+           construction; this claim asks whether
+           Keel's shallow sub-layers are less redundant once their step size is divided out.
+  trend    Spearman rho between index and rel ΔPPL over sub-layers 2 .. L-1. Reproduced when
+           rho >= RHO in every run, opposite when rho <= -RHO in every run, otherwise not at
+           this scale.
+
+How much of ΔPPL the step size sets: per run, the least-squares fit of log rel ΔPPL on log step
+over sub-layers 2.. (removals that raise PPL): its slope and R² (the share of the variance of
+log ΔPPL across sub-layers that the step size explains).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+
+import numpy as np
+
+from keelctl.analysis.plots import new_figure
+from keelctl.repro import paper
+from keelctl.repro.context import Context, Protocol
+from keelctl.repro.plan import Outcome, Progress
+from keelctl.repro.records import load_measure
+from keelctl.repro.report import Report, md_table
+from keelctl.repro.sweeps import SCHEMES, depth_sweep_specs
+from keelctl.repro.verdicts import NOT_AT_SCALE, OPPOSITE, REPRODUCED, Verdict, claim, fmt_group
+
+SHALLOW_TIE = 1e-3
+RHO = 0.3
+FLOOR = 1e-5  # rel ΔPPL drawn at this floor on log axes (a removal can even lower PPL)
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman rank correlation (average ranks for ties); NaN with fewer than 3 points."""
+    if len(x) < 3:
+        return math.nan
+
+    def ranks(v: Sequence[float]) -> list[float]:
+        order = sorted(range(len(v)), key=lambda i: v[i])
+        r = [0.0] * len(v)
+        i = 0
+        while i < len(v):
+            j = i
+            while j + 1 < len(v) and v[order[j + 1]] == v[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                r[order[k]] = (i + j) / 2
+            i = j + 1
+        return r
+
+    rx, ry = ranks(x), ranks(y)
+    mx, my = statistics.fmean(rx), statistics.fmean(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
+    sx = math.sqrt(sum((a - mx) ** 2 for a in rx))
+    sy = math.sqrt(sum((b - my) ** 2 for b in ry))
+    return cov / (sx * sy) if sx and sy else math.nan
+
+
+def _every_run(
+    text: str, paper_text: str, values: dict[str, float], holds, against, single: bool
+) -> Verdict:
+    """Reproduced when `holds` in every run, opposite when `against` in every run."""
+    ours = ", ".join(f"{k} {v:.2f}" for k, v in values.items())
+    if not values or not all(math.isfinite(v) for v in values.values()):
+        return Verdict(text, paper_text, ours, NOT_AT_SCALE + " (no data)", "every run must agree")
+    if all(holds(v) for v in values.values()):
+        verdict = REPRODUCED
+    elif all(against(v) for v in values.values()):
+        verdict = OPPOSITE
+    else:
+        verdict = NOT_AT_SCALE
+    suffix = " (single seed)" if single else ""
+    return Verdict(text, paper_text, ours, verdict + suffix, "every run must agree")
+
+
+def first_place(r: list[float]) -> float:
+    """How many of sub-layers 2.. beat the first block's largest rel ΔPPL, as a fraction of
+    them: 0 = the first block is the most critical, > 0.5 = it is below their median."""
+    top = max(r[:2])
+    return sum(x > top for x in r[2:]) / (len(r) - 2) if len(r) > 2 else math.nan
+
+
+def shallow(r: Sequence[float], start: int = 1) -> float:
+    part = list(r[start : len(r) // 2])
+    return statistics.median(part) if part else math.nan
+
+
+def shallow_per_step(r: RunRemovals) -> float:
+    """From sub-layer 2: sub-layer 1's step is measured from the raw embedding (std 0.02), a
+    jump to the normalised stream that says nothing about the sub-layer (as in grad-flow)."""
+    return shallow(r.per_step, start=2)
+
+
+def trend(r: list[float]) -> float:
+    return spearman(list(range(2, len(r))), r[2:])
+
+
+def step_fit(rel: list[float], step: list[float]) -> tuple[float, float]:
+    """(slope, R²) of log rel ΔPPL on log step over sub-layers 2.. with rel ΔPPL > 0."""
+    pts = [(math.log(s), math.log(r)) for r, s in zip(rel[2:], step[2:], strict=True) if r > 0]
+    if len(pts) < 3:
+        return math.nan, math.nan
+    x, y = np.array(pts).T
+    slope, intercept = np.polyfit(x, y, 1)
+    residual = y - (slope * x + intercept)
+    total = ((y - y.mean()) ** 2).sum()
+    return float(slope), float(1 - (residual**2).sum() / total) if total else math.nan
+
+
+class RunRemovals:
+    """One run's ablation record, by removal kind."""
+
+    def __init__(self, o: Outcome):
+        data = load_measure(o.record, "ablation")
+        self.outcome = o
+        self.single = [r["rel_dppl"] for r in data["single"]]
+        self.block = [r["rel_dppl"] for r in data["block"]]
+        self.ranges = {r["removed"]: r["rel_dppl"] for r in data["range"]}
+        self.step = data["step"]
+        self.per_step = [r / s for r, s in zip(self.single, self.step, strict=True)]
+
+
+def removal_figure(depth: int, runs: list[RunRemovals]):
+    """Three panels: rel ΔPPL per sub-layer, per block, and the relative step per sub-layer;
+    each scheme's mean over seeds with a ± std band, log axes."""
+    fig = new_figure(15, 3.8)
+    panels = fig.subplots(1, 3)
+    for ax, (attr, unit) in zip(
+        panels,
+        (("single", "sub-layer removed"), ("block", "block removed"), ("step", "sub-layer")),
+        strict=True,
+    ):
+        for k, scheme in enumerate(SCHEMES):
+            group = [r for r in runs if r.outcome.spec.scheme == scheme]
+            if not group:
+                continue
+            ys = np.maximum(np.array([getattr(r, attr) for r in group]), FLOOR)
+            mean, std = ys.mean(0), ys.std(0)
+            xs = np.arange(ys.shape[1])
+            ax.plot(xs, mean, color=f"C{k}", label=f"{scheme} (n={len(group)})")
+            ax.fill_between(
+                xs, np.maximum(mean - std, FLOOR), mean + std, color=f"C{k}", alpha=0.25
+            )
+        ylabel = "relative step |x'-x|/|x|" if attr == "step" else "rel ΔPPL (log)"
+        ax.set(yscale="log", xlabel=unit, ylabel=ylabel, title=f"{depth} sub-layers: {unit}")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize="small")
+    return fig
+
+
+def analyse_redundancy(
+    ctx: Context, outcomes: list[Outcome], report: Report, progress: Progress
+) -> None:
+    sc = ctx.scale
+    trained = [o for o in outcomes if o.summary.get("status") != "diverged"]
+    runs = {o.spec.name: RunRemovals(o) for o in trained}
+    single = len(ctx.seeds) == 1
+    places = {k: first_place(r.single) for k, r in runs.items()}
+    report.verdicts.append(
+        _every_run(
+            "The first block is the most critical: share of later sub-layers whose removal costs "
+            "more (0 in every run)",
+            paper.REDUNDANCY["first"],
+            places,
+            lambda x: x == 0,
+            lambda x: x > 0.5,
+            single,
+        )
+    )
+    for depth in sc.depths:
+        group = [r for r in runs.values() if r.outcome.spec.depth == depth]
+
+        def of(scheme: str, value, group=group) -> list[float]:
+            return [value(r) for r in group if r.outcome.spec.scheme == scheme]
+
+        for text, value in (
+            ("median rel ΔPPL", lambda r: shallow(r.single)),
+            ("median rel ΔPPL per unit of relative step, from sub-layer 2", shallow_per_step),
+        ):
+            report.verdicts.append(
+                claim(
+                    f"{depth} sub-layers: Keel's shallow sub-layers (1..L/2-1) are less redundant "
+                    f"({text})",
+                    paper.REDUNDANCY["shallow"],
+                    of("keel", value),
+                    of("pre_ln", value),
+                    "higher",
+                    tie=SHALLOW_TIE,
+                    fmt=".3g",
+                )
+            )
+        if group:
+            report.figure(
+                removal_figure(depth, group),
+                f"redundancy-L{depth}.png",
+                f"{depth} sub-layers: cost of removing each sub-layer and each block, and each "
+                "sub-layer's step on the stream (mean ± std over seeds)",
+            )
+    rhos = {k: trend(r.single) for k, r in runs.items()}
+    report.verdicts.append(
+        _every_run(
+            f"After the first block, ΔPPL grows with depth (Spearman rho >= {RHO} in every run)",
+            paper.REDUNDANCY["trend"],
+            rhos,
+            lambda x: x >= RHO,
+            lambda x: x <= -RHO,
+            single,
+        )
+    )
+    _tables(ctx, runs, report)
+
+
+def _tables(ctx: Context, runs: dict[str, RunRemovals], report: Report) -> None:
+    rows = []
+    for k, r in runs.items():
+        slope, r2 = step_fit(r.single, r.step)
+        rows.append(
+            (
+                k,
+                f"{places:.2f}" if math.isfinite(places := first_place(r.single)) else "n/a",
+                f"{shallow(r.single):.3g}",
+                f"{shallow(r.step, start=2):.3g}",
+                f"{shallow_per_step(r):.3g}",
+                f"{shallow(r.block):.3g}",
+                f"{trend(r.single):.2f}",
+                f"{slope:.2f}",
+                f"{r2:.2f}",
+            )
+        )
+    report.add(
+        "Per run. Shallow = sub-layers 1..L/2-1 (blocks 1..L/4-1 for block removal; 2..L/2-1 "
+        "for the step and per-step columns); step = "
+        "relative change of the residual stream across the sub-layer; slope and R² = fit of "
+        "log rel ΔPPL on log step over sub-layers 2.. (R² = share of the variance of ΔPPL "
+        "across sub-layers that the step size explains).",
+        md_table(
+            (
+                "run",
+                "share of sub-layers 2.. costlier than the first block",
+                "shallow median rel ΔPPL",
+                "shallow median step",
+                "shallow median rel ΔPPL / step",
+                "shallow median rel ΔPPL, blocks",
+                "Spearman rho (sub-layers >= 2)",
+                "slope log ΔPPL ~ log step",
+                "R²",
+            ),
+            rows,
+        ),
+    )
+    summary = []
+    for depth in ctx.scale.depths:
+        for scheme in SCHEMES:
+            group = [
+                r
+                for r in runs.values()
+                if r.outcome.spec.depth == depth and r.outcome.spec.scheme == scheme
+            ]
+            if not group:
+                continue
+            fits = [step_fit(r.single, r.step) for r in group]
+            ranges = sorted(
+                {k for r in group for k in r.ranges}, key=lambda k: int(k.split("-")[0])
+            )
+            summary.append(
+                (
+                    depth,
+                    scheme,
+                    fmt_group([shallow(r.step, start=2) for r in group], ".3g"),
+                    fmt_group([shallow(r.single) for r in group], ".3g"),
+                    fmt_group([shallow_per_step(r) for r in group], ".3g"),
+                    fmt_group([f[1] for f in fits], ".2f"),
+                    "; ".join(
+                        f"{k}: {fmt_group([r.ranges[k] for r in group if k in r.ranges], '.3g')}"
+                        for k in ranges
+                    ),
+                )
+            )
+    report.add(
+        "Per depth and scheme (mean ± std over seeds): how far a shallow sub-layer moves the "
+        "stream, what removing it costs, the cost per unit step, how much of the variance of "
+        "log ΔPPL the step explains (R²), and rel ΔPPL of each range of L/4 sub-layers removed.",
+        md_table(
+            (
+                "sub-layers",
+                "scheme",
+                "shallow step",
+                "shallow rel ΔPPL",
+                "shallow rel ΔPPL / step",
+                "R² (log ΔPPL ~ log step)",
+                "ranges removed: rel ΔPPL",
+            ),
+            summary,
+        ),
+    )
+
+
+REDUNDANCY = Protocol(
+    name="redundancy",
+    title="layer redundancy (appendix A, Figure 6)",
+    claim="; ".join(paper.REDUNDANCY.values()) + " (appendix A).",
+    plan=depth_sweep_specs,
+    analyse=analyse_redundancy,
+    measures=("ablation",),
+)
