@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -58,7 +57,7 @@ def prepare_command(
 
         data = prepare_data_section(
             cfg.data,
-            workers=workers or os.cpu_count(),
+            workers=workers,
             progress=on_progress,
             max_vocab_size=cfg.model.vocab_size,
         )

@@ -263,6 +263,9 @@ def _load_chunk(staging: Path, name: str, dtype: np.dtype) -> tuple[np.ndarray, 
 
 
 def _route(tokens: np.ndarray, index: np.ndarray, is_val: np.ndarray, writers: dict) -> None:
+    if not is_val.any():  # most chunks: no copy
+        writers["train"].write(tokens, index)
+        return
     token_is_val = np.repeat(is_val, index["tokens"])
     writers["train"].write(tokens[~token_is_val], index[~is_val])
     writers["val"].write(tokens[token_is_val], index[is_val])

@@ -84,8 +84,15 @@ def prepare_tokens(
         return found
     source = {"spec": corpus.spec, "fingerprint": fingerprint, "params": params}
     build = StoreBuild(folder, corpus, source, planned, ready, tokenizer_train_bytes, progress)
-    build.run(workers or os.cpu_count() or 1, shard_tokens)
+    build.run(workers or available_cores(), shard_tokens)
     return open_store(folder, read_manifest(folder), tokenizer)
+
+
+def available_cores() -> int:
+    """The cores this process may use (a container or taskset may allow fewer than exist)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def prepare_data_section(d, tokenizer: Tokenizer | None = None, **kwargs) -> PreparedData:

@@ -4,6 +4,7 @@ kill to the identical bytes, is found without reading the corpus, and reads as o
 from __future__ import annotations
 
 import json
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -87,6 +88,11 @@ def test_workers_and_shard_size_do_not_change_the_tokens(jsonl_corpus, tmp_path,
     assert np.array_equal(np.asarray(two.train), np.asarray(one.train))
     for a, b in [(0, 5), (1020, 1030), (1024, 3000), (len(one.train) - 7, len(one.train))]:
         assert np.array_equal(two.train[a:b], one.train[a:b])
+
+    # DataLoader workers get file names, not a copy of the tokens.
+    blob = pickle.dumps(TrainWindows(two.train, 64, seed=7, length=50))
+    reference = TrainWindows(one.train, 64, seed=7, length=50)[3][0]
+    assert len(blob) < 5000 and np.array_equal(pickle.loads(blob)[3][0], reference)
 
     # Training windows are a function of (seed, index) over the split's token stream.
     w1, w2 = (TrainWindows(p.train, 64, seed=7, length=50) for p in (one, two))
