@@ -141,3 +141,15 @@ def test_other_bad_input(make_run, tmp_path):
     (tmp_path / "file").write_text("x")
     assert "is a file" in one_error_line(invoke_export(run, tmp_path / "file"))
     assert "--format" in one_error_line(invoke_export(run, tmp_path / "o", "--format", "gguf"))
+
+
+def test_an_option_the_hf_code_lacks_is_refused(make_run, tmp_path, monkeypatch):
+    import keelctl.export.hf as hf
+
+    run = make_run("qkv", qkv_norm=True)
+    monkeypatch.setattr(hf, "EXPORTED_OPTIONS", hf.EXPORTED_OPTIONS - {"qkv_norm"})
+    assert "qkv_norm=True is not supported" in one_error_line(invoke_export(run, tmp_path / "o"))
+    monkeypatch.setattr(hf, "EXPORTED_OPTIONS", hf.EXPORTED_OPTIONS | {"qkv_norm"})
+    monkeypatch.setattr(hf, "expected_parameters", lambda cfg: {"tok_emb.weight"})
+    assert "does not know the parameters" in one_error_line(invoke_export(run, tmp_path / "o"))
+    assert not (tmp_path / "o").exists()
