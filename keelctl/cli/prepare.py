@@ -27,7 +27,7 @@ def prepare_command(
         [], "--set", help="Override a recipe key: --set data.tokenizer=gpt2 (repeat for more)."
     ),
     workers: int | None = typer.Option(
-        None, "--workers", min=1, help="Tokenizer processes [the CPU cores]."
+        None, "--workers", min=1, help="Tokenizer processes (default: the usable CPU cores)."
     ),
 ) -> None:
     """Tokenize the recipe's corpus into a token store of shards + manifest (resumable)."""

@@ -146,7 +146,7 @@ def load_pretrained(name: str) -> PretrainedTokenizer:
         except KeelError:
             raise
         except Exception as e:  # tokenizers raises a bare Exception for unparsable files
-            first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+            first = _first_sentence(e)
             raise KeelError(
                 f"data.tokenizer {str(path)!r} is not a Hugging Face tokenizer.json ({first}); "
                 "give a tokenizer.json, a folder holding one, a hub name, byte or bpe"
@@ -158,11 +158,16 @@ def load_pretrained(name: str) -> PretrainedTokenizer:
     except KeelError:
         raise
     except Exception as e:
-        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        first = _first_sentence(e)
         raise KeelError(
             f"tokenizer {name!r} could not be loaded from the Hugging Face hub or its cache "
             f"({first}); check the name, connect to the network, or give a local tokenizer.json"
         ) from None
+
+
+def _first_sentence(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0].split(". ")[0][:200] if text else type(e).__name__
 
 
 def tokenizer_digest(tok: Tokenizer) -> str:
