@@ -35,7 +35,27 @@ def jsonl_corpus(tmp_path):
     return folder
 
 
-@pytest.mark.parametrize("corpus", ["tiny_corpus", "jsonl_corpus"])
+@pytest.fixture
+def parquet_corpus(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"text": [f"row {i}: " + "ab✓ " * (i % 9) for i in range(120)]}), path)
+    return path
+
+
+@pytest.fixture
+def saved_dataset(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    texts = [f"story {i}: " + "once upon a time " * (i % 4) for i in range(80)]
+    datasets.Dataset.from_dict({"text": texts}).save_to_disk(tmp_path / "ds")
+    return f"hf:{tmp_path / 'ds'}"
+
+
+@pytest.mark.parametrize(
+    "corpus", ["tiny_corpus", "jsonl_corpus", "parquet_corpus", "saved_dataset"]
+)
 def test_streamed_store_equals_in_memory_split_and_tokens(corpus, request, tmp_path):
     spec = str(request.getfixturevalue(corpus))
     p = prepare_tokens(spec, val_fraction=0.1, cache_dir=tmp_path / "cache", workers=1)
