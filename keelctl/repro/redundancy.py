@@ -161,7 +161,8 @@ def removal_figure(depth: int, runs: list[RunRemovals]):
         ylabel = "relative step |x'-x|/|x|" if attr == "step" else "rel ΔPPL (log)"
         ax.set(yscale="log", xlabel=unit, ylabel=ylabel, title=f"{depth} sub-layers: {unit}")
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize="small")
+        if ax.get_legend_handles_labels()[0]:  # a depth with no run yet has no line
+            ax.legend(fontsize="small")
     return fig
 
 

@@ -320,7 +320,8 @@ def mean_curves_figure(outcomes: list[Outcome], depths, smooth: int):
             ax.fill_between(steps, mean - std, mean + std, color=f"C{k}", alpha=0.25)
         ax.set(title=f"{depth} sub-layers", xlabel="step", ylabel="training loss (nats/token)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
+        if ax.get_legend_handles_labels()[0]:  # a depth with no run yet has no line
+            ax.legend(fontsize="small")
     return fig
 
 
