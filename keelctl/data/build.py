@@ -149,10 +149,11 @@ class StoreBuild:
         for stale in self.partial.glob("*.bin"):  # shards of a finish that was killed
             stale.unlink()
         main = sorted(p.stem for p in staging.glob(f"{MAIN}-*.idx"))
-        counts = [len(np.load(staging / f"{name}.idx", mmap_mode="r")) for name in main]
-        n = sum(counts)
+        indexes = [np.load(staging / f"{name}.idx", mmap_mode="r") for name in main]
+        counts = [len(index) for index in indexes]
+        n, total_bytes = sum(counts), sum(int(index["bytes"].sum()) for index in indexes)
         if n == 0:
-            shutil.rmtree(self.partial, ignore_errors=True)
+            shutil.rmtree(self.partial, ignore_errors=True)  # nothing worth resuming
             raise KeelError(
                 f"corpus {self.corpus.spec!r} has no text (no documents, or all empty); check "
                 "the spec and data.text_field"
@@ -162,20 +163,22 @@ class StoreBuild:
             self._split_single_document(tokenizer, dtype, writers)
         else:
             val_ids = None if has_own_val else _validation_ids(staging, main, n, self.params)
-            first = 0
+            first = done_bytes = done_tokens = 0
             for name, count in zip(main, counts, strict=True):
                 tokens, index = _load_chunk(staging, name, dtype)
                 is_val = np.zeros(count, bool)
                 if val_ids is not None:
                     is_val = np.isin(np.arange(first, first + count), val_ids)
                 _route(tokens, index, is_val, writers)
-                first += count
-                self.progress("writing shards", first, n, 0)
+                first, done_bytes = first + count, done_bytes + int(index["bytes"].sum())
+                done_tokens += len(tokens)
+                self.progress("writing shards", done_bytes, total_bytes, done_tokens)
             for name in sorted(p.stem for p in staging.glob(f"{OWN_VAL}-*.idx")):
                 tokens, index = _load_chunk(staging, name, dtype)
                 writers["val"].write(tokens, index)
         splits = {s: w.close() for s, w in writers.items()}
         if splits["val"]["docs"] == 0 or splits["train"]["docs"] == 0:
+            shutil.rmtree(self.partial, ignore_errors=True)
             raise KeelError(
                 f"corpus {self.corpus.spec!r} gives an empty train or validation split; add text"
             )
