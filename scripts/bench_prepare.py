@@ -123,21 +123,24 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def _tree_rss(pid: int) -> int:
+def _tree_memory(pid: int) -> tuple[int, int]:
+    """(summed RSS, summed PSS) of a process and its children. Forked workers share the
+    parent's pages, which RSS counts once per process and PSS splits between them."""
     import psutil
 
     try:
         proc = psutil.Process(pid)
         procs = [proc, *proc.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return 0
-    total = 0
+        return 0, 0
+    rss = pss = 0
     for p in procs:
         try:
-            total += p.memory_info().rss
-        except psutil.NoSuchProcess:
+            info = p.memory_full_info()
+            rss, pss = rss + info.rss, pss + info.pss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
-    return total
+    return rss, pss
 
 
 def _keelctl(*args: str) -> list[str]:
@@ -154,12 +157,11 @@ def rss(corpus: str, cache: Path, workers: int, tokenizer: str) -> None:
     )  # fmt: skip
     start = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak = 0
+    peak = [0, 0]
 
     def sample() -> None:
-        nonlocal peak
         while proc.poll() is None:
-            peak = max(peak, _tree_rss(proc.pid))
+            peak[:] = map(max, peak, _tree_memory(proc.pid))
             time.sleep(0.2)
 
     sampler = threading.Thread(target=sample)
@@ -167,7 +169,10 @@ def rss(corpus: str, cache: Path, workers: int, tokenizer: str) -> None:
     out, err = proc.communicate()
     sampler.join()
     print(out[-2000:], err[-2000:])
-    print(f"peak RSS (process tree) {peak / 2**20:.0f} MiB, {time.monotonic() - start:.0f} s")
+    rss, pss = (m / 2**20 for m in peak)
+    print(
+        f"process tree peak: RSS {rss:.0f} MiB, PSS {pss:.0f} MiB; {time.monotonic() - start:.0f} s"
+    )
 
 
 def startup(corpus: str, cache: Path) -> None:
