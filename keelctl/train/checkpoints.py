@@ -25,6 +25,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from keelctl.config import TrainerConfig
+from keelctl.errors import KeelError
 from keelctl.runs import atomic_path
 from keelctl.train.preemption import RunPreempted, StopSignals
 
@@ -60,10 +62,17 @@ def keep_step_copy(ckpt_dir: Path, step: int, keep: int) -> None:
         old.unlink(missing_ok=True)
 
 
-def validation_checkpoints(ckpt_dir: Path, keep: int) -> list[ModelCheckpoint]:
-    """best.ckpt and last.ckpt after each validation (best first, so last.ckpt carries the
-    updated best score)."""
+def checkpoint_callbacks(t: TrainerConfig, ckpt_dir: Path) -> list[L.Callback]:
+    """The step-end saver (time, stop signals), then best.ckpt and last.ckpt after each
+    validation (best first, so last.ckpt carries the updated best score)."""
+    if t.keep_checkpoints and t.strategy == "fsdp":
+        raise KeelError(
+            "trainer.keep_checkpoints keeps single-file checkpoints, and under trainer.strategy "
+            "fsdp they are sharded folders; set trainer.keep_checkpoints=0 (last and best stay)"
+        )
+    keep = t.keep_checkpoints
     return [
+        StepEndCheckpoint(ckpt_dir, t.val_every, t.checkpoint_every_minutes, keep),
         ModelCheckpoint(
             dirpath=ckpt_dir,
             filename=BEST_CKPT.removesuffix(".ckpt"),

@@ -39,7 +39,7 @@ from keelctl.runs import (
     save_model,
 )
 from keelctl.train.callbacks import GradNorm, TokenThroughput, TrainProgressBar, ValidateAtEnd
-from keelctl.train.checkpoints import LAST_CKPT, StepEndCheckpoint, validation_checkpoints
+from keelctl.train.checkpoints import LAST_CKPT, checkpoint_callbacks
 from keelctl.train.datamodule import TokenDataModule
 from keelctl.train.grad_flow import GradFlowCallback
 from keelctl.train.guards import LossGuard, LossSpike, TrainingDiverged
@@ -281,12 +281,11 @@ def _trainer(recipe, run_dir, loggers, fit: _Fit) -> L.Trainer:
     t, o = recipe.trainer, recipe.optim
     ckpt_dir = run_dir / CHECKPOINTS
     callbacks = [
-        StepEndCheckpoint(ckpt_dir, t.val_every, t.checkpoint_every_minutes, t.keep_checkpoints),
+        *checkpoint_callbacks(t, ckpt_dir),  # the stop-signal check first
         fit.guard,
         fit.throughput,
         GradNorm(),
         ValidateAtEnd(),
-        *validation_checkpoints(ckpt_dir, t.keep_checkpoints),
     ]
     if t.grad_flow_every > 0:
         callbacks.append(GradFlowCallback(t.grad_flow_every, run_dir / GRADS_CSV))
