@@ -149,9 +149,12 @@ class StoreBuild:
         for stale in self.partial.glob("*.bin"):  # shards of a finish that was killed
             stale.unlink()
         main = sorted(p.stem for p in staging.glob(f"{MAIN}-*.idx"))
-        indexes = [np.load(staging / f"{name}.idx", mmap_mode="r") for name in main]
-        counts = [len(index) for index in indexes]
-        n, total_bytes = sum(counts), sum(int(index["bytes"].sum()) for index in indexes)
+        counts, total_bytes = [], 0
+        for name in main:  # one small index at a time: a big corpus has thousands of chunks
+            index = np.load(staging / f"{name}.idx")
+            counts.append(len(index))
+            total_bytes += int(index["bytes"].sum())
+        n = sum(counts)
         if n == 0:
             shutil.rmtree(self.partial, ignore_errors=True)  # nothing worth resuming
             raise KeelError(
