@@ -41,7 +41,9 @@ def repro(
         1, "--jobs", help="Runs trained at once, each in its own process (one per core)."
     ),
     train: bool = typer.Option(
-        True, "--train/--report-only", help="--report-only: report from the records, train nothing."
+        True,
+        "--train/--report-only",
+        help="--report-only: train nothing; record finished run dirs, report.",
     ),
     depths: str | None = typer.Option(
         None, "--depths", help="Train only runs at these depths (sub-layers), e.g. 64,256."

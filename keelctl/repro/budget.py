@@ -36,6 +36,6 @@ def run_s(scale: Scale, spec: RunSpec, out, measures: tuple[str, ...]) -> float 
     if scale.step_s_per_sublayer is None:
         return None
     no_training, lacking = records.missing(out, spec.name, measures)
-    retrain = (no_training or lacking) and not spec.finished  # measures need the weights
+    retrain = bool(no_training or lacking) and not spec.finished  # measures need weights
     seconds = scale.step_s_per_sublayer * spec.depth * spec.recipe.trainer.max_steps
     return retrain * seconds + sum(measure_s(scale, spec, m) for m in lacking)

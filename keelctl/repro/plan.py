@@ -263,14 +263,14 @@ def execute(
     """Every planned run's Outcome, from its record when one holds what the protocol needs,
     else from its run dir (training it if unfinished, `jobs` runs at a time in separate
     processes) and then recorded. Returns (outcomes in plan order, runs still missing: those
-    `may_train` refused, for a report from what is recorded)."""
+    `may_train` refused and no finished run dir holds, for a report from what is there)."""
     had: dict[Path, tuple[Path, str]] = {}
     todo = []
     for spec in specs:
         record = records.adopt(out, spec.name, tuple(measures))
         if record is not None:
             had[spec.run_dir] = (record, "from record")
-        elif may_train(spec):
+        elif may_train(spec) or spec.finished:  # a finished run dir is only measured
             todo.append(spec)
     if jobs > 1 and len(todo) > 1:
         import multiprocessing

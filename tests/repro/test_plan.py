@@ -53,3 +53,23 @@ def test_bad_depth_and_overrides_are_one_line_errors():
         make_recipe(
             CPU, ["optim.lrr=1"], scheme="keel", depth=2, seed=0, lr=1e-3, steps=1, warmup_steps=0
         )
+
+
+def test_plan_estimate_counts_only_what_records_lack(tmp_path):
+    from keelctl.repro.budget import measure_s, run_s
+
+    ctx = make_context("depth-sweep", "cpu", 1, tmp_path / "depth-sweep", tmp_path / "runs")
+    spec = plan_protocol(ctx)[0]
+    train = CPU.step_s_per_sublayer * spec.depth * spec.recipe.trainer.max_steps
+    evaluate = measure_s(CPU, spec, "eval")
+    assert evaluate > 0
+    assert run_s(CPU, spec, ctx.out, ("eval",)) == pytest.approx(train + evaluate)
+    # a sibling report folder's record of the same run holds its training, not its eval:
+    # the weights are gone, so the estimate still retrains it
+    sibling = tmp_path / "grad-flow" / "records" / spec.name
+    sibling.mkdir(parents=True)
+    (sibling / "summary.json").write_text("{}")
+    assert run_s(CPU, spec, ctx.out, ()) == 0.0
+    assert run_s(CPU, spec, ctx.out, ("eval",)) == pytest.approx(train + evaluate)
+    (sibling / "eval.json").write_text("{}")
+    assert run_s(CPU, spec, ctx.out, ("eval",)) == 0.0

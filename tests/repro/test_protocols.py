@@ -259,12 +259,21 @@ def test_plan_cli_and_bad_arguments(tmp_path):
         app, ["repro", "depth-sweep", "--scale", "gpu", "--plan", "--out", str(tmp_path)]
     )
     assert result.exit_code == 0 and "1024" in result.output
+    assert "estimate: none at this scale" in result.output
+    result = runner.invoke(
+        app, ["repro", "max-lr", "--plan", "--seeds", "3", "--jobs", "2", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 0 and "hybridnorm" in result.output
+    assert "CPU-minutes left for 36 of 36 runs" in result.output and "--jobs 2" in result.output
     assert not any(tmp_path.iterdir())  # a plan writes nothing
     for args, message in (
         (["nope"], "unknown protocol"),
         (["max-lr", "--scale", "tpu"], "unknown --scale"),
         (["max-lr", "--seeds", "0"], "--seeds must be at least 1"),
         (["max-lr", "--plan", "--set", "model.d_model=-1"], "d_model"),
+        (["max-lr", "--depths", "16,x"], "--depths"),
+        (["max-lr", "--depths", "32", "--set", "data.corpus=/nonexistent"], "--depths"),
+        (["max-lr", "--jobs", "0"], "--jobs must be at least 1"),
     ):
         result = runner.invoke(app, ["repro", *args, "--out", str(tmp_path)])
         assert result.exit_code == 2 and message in result.output
