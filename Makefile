@@ -48,6 +48,7 @@ demo: $(STAMP)
 	$(BIN)/keelctl compare-runs $(DEMO_RUNS) --plot $(RUNS)/demo-loss.png
 	$(BIN)/keelctl eval $(DEMO_RUNS) --output $(RUNS)/demo-eval.json
 	$(BIN)/keelctl plot-grads $(DEMO_RUNS) --steps 0,last --output $(RUNS)/demo-grads.png
+	for run in $(DEMO_RUNS); do echo "--- sample from $$run (docs/generate.md)"; $(BIN)/keelctl generate $$run --prompt "def " --max-new-tokens 120 --seed 0 --device cpu || exit 1; done
 	@echo "demo outputs: $(RUNS)/ (demo-loss.png, demo-eval.json, demo-grads.png, demo-grads-heatmap.png)"
 
 bench: $(STAMP)
