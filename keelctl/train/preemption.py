@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import subprocess
+import threading
 
 from lightning.fabric.plugins.environments import SLURMEnvironment
 
@@ -50,7 +51,10 @@ class StopSignals:
 
     def install(self) -> None:
         """Take over the stop signals (called once Lightning has installed its own handlers,
-        which this replaces; Lightning restores the earlier handlers when the fit ends)."""
+        which this replaces; Lightning restores the earlier handlers when the fit ends).
+        Python lets only the main thread set handlers: a fit in another thread keeps them."""
+        if threading.current_thread() is not threading.main_thread():
+            return
         for signum in STOP_SIGNALS:
             signal.signal(signum, self._note)
 

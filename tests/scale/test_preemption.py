@@ -140,3 +140,32 @@ def test_resume_auto_refuses_another_recipes_run_and_a_truncated_checkpoint(tiny
     with pytest.raises(KeelError, match=f"cannot read checkpoint {ckpt}"):
         train(recipe, run, resume="auto", progress_bar=False)
     assert ckpt.read_bytes() == b"PK\x03\x04 cut short"  # nothing deleted
+
+
+def test_under_slurm_sigusr1_requeues_the_job_and_sigterm_does_not(tmp_path, monkeypatch):
+    """A fake `scontrol` on PATH records its arguments; Lightning's own requeue is off."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    from keelctl.train.preemption import cluster_plugins, requeue_slurm_job
+
+    calls = tmp_path / "calls.txt"
+    scontrol = tmp_path / "bin" / "scontrol"
+    scontrol.parent.mkdir()
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    scontrol.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{scontrol.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    requeue_slurm_job(signal.SIGTERM)  # scancel or preemption: SLURM decides
+    assert not calls.exists()
+    requeue_slurm_job(signal.SIGUSR1)
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    requeue_slurm_job(signal.SIGUSR1)
+    assert calls.read_text().splitlines() == ["requeue 4242", "requeue 77_3"]
+
+    assert cluster_plugins() == []  # not an srun task
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "2")
+    monkeypatch.setenv("SLURM_JOB_NAME", "keel-512")
+    (plugin,) = cluster_plugins()
+    assert isinstance(plugin, SLURMEnvironment) and not plugin.auto_requeue
