@@ -266,3 +266,27 @@ def test_concurrent_prepares_build_the_store_once(jsonl_corpus, tmp_path):
     results = [json.loads(r.read_text()) for r in reports]
     assert len({r["path"] for r in results}) == 1
     assert sum(r["tokenized"] for r in results) == 1  # the others waited on the lock
+
+
+def test_rerun_tokenizes_only_the_chunks_a_kill_left_undone(jsonl_corpus, tmp_path, monkeypatch):
+    monkeypatch.setattr(build, "BATCH_CHARS", 400)
+    encoded = []
+    real_encode = build.encode_documents
+
+    def counting_encode(batch, *args):
+        encoded.append(len(batch))
+        return real_encode(batch, *args)
+
+    def stop_after_five(phase, *_):
+        if len(encoded) == 5:
+            raise KeyboardInterrupt  # what Ctrl-C does; SIGKILL is the subprocess test above
+
+    monkeypatch.setattr(build, "encode_documents", counting_encode)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_tokens(str(jsonl_corpus), val_fraction=0.1, cache_dir=tmp_path, workers=1,
+                       progress=stop_after_five)  # fmt: skip
+    p = prepare_tokens(str(jsonl_corpus), val_fraction=0.1, cache_dir=tmp_path, workers=1)
+    # Every document was tokenized exactly once over both runs: the five finished chunks
+    # were not redone.
+    assert len(encoded) > 5
+    assert sum(encoded) == p.meta["splits"]["train"]["docs"] + p.meta["splits"]["val"]["docs"]
