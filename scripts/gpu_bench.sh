@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # The prepared GPU benchmark behind docs/benchmarks.md: keel vs pre_ln at the paper's width
-# (d_model 1024, FFN 3072, 16 heads, 8 KV heads), seq 4096 x batch 1, bf16-mixed, depths
-# 64..1024 SUB-LAYERS. One short run (about 6 minutes) on one H200; every stage has its
-# own time limit and writes its own JSON, so a stage that fails or runs out of time costs only
-# itself. torch.compile is not timed here (its compile time would not fit the device budget).
+# (d_model 1024, FFN 3072, 16 heads, 8 KV heads), seq 4096 x batch 1, bf16-mixed, depths in
+# SUB-LAYERS, 10 timed steps per point after 2 untimed. One call of at most 8 minutes on one
+# H100/H200; every stage has its own time limit and writes its own JSON, so a stage that fails
+# or runs out of time costs only itself:
+#   eager    64,128,256: MFU, Keel/Pre-LN, Lightning/bare (fused AdamW, fp32 stream)
+#   compile  64,256 keel and pre_ln, per-block torch.compile: compile time (first step minus a
+#            compiled step) and compiled step time, bare loop
+#   ckpt     64,1024 with activation checkpointing: peak memory (and MFU), bare loop (64 first:
+#            the untimed warm-up step runs without checkpointing)
 #
 #   OUT=results/ bash scripts/gpu_bench.sh               # on the GPU machine (repo root)
 #   GPU_BENCH_SMOKE=1 OUT=/tmp/gb bash scripts/gpu_bench.sh   # tiny CPU rehearsal
@@ -19,12 +24,12 @@ exec > >(tee -a "$OUT/log.txt") 2>&1
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 
-if [ "${GPU_BENCH_SMOKE:-0}" = 1 ]; then
+if [ "${GPU_BENCH_SMOKE:-0}" = 1 ]; then  # the same stages at toy sizes on CPU
     DEVICE=cpu SHAPE='"d_model": 64, "n_heads": 4, "n_kv_heads": 2, "ffn_hidden": 192, "seq_len": 32'
-    DEPTHS=(4,8 4,8,16) STEPS='"steps": 1, "warmup": 1' LIMITS=(120 120)
+    DEPTHS=(4,8 4,8 4,16) STEPS='"steps": 2, "warmup": 1' LIMITS=(120 300 120)
 else
     DEVICE=cuda SHAPE='"d_model": 1024, "n_heads": 16, "n_kv_heads": 8, "ffn_hidden": 3072, "seq_len": 4096'
-    DEPTHS=(64,128,256,512 64,128,256,512,1024) STEPS='"steps": 4, "warmup": 2' LIMITS=(200 150)
+    DEPTHS=(64,128,256 64,256 64,1024) STEPS='"steps": 10, "warmup": 2' LIMITS=(150 130 120)
 fi
 
 if compgen -G ".whl/*.whl" > /dev/null; then
@@ -80,5 +85,6 @@ EOF
 
 COMMON="\"device\": \"$DEVICE\", \"precision\": \"bf16-mixed\", \"schemes\": [\"keel\", \"pre_ln\"], $SHAPE, \"batch_size\": 1, $STEPS"
 stage eager "${LIMITS[0]}" "{$COMMON, \"depths\": [${DEPTHS[0]}]}"
-stage ckpt "${LIMITS[1]}" "{$COMMON, \"depths\": [${DEPTHS[1]}], \"activation_checkpointing\": true, \"lightning\": false}"
+stage compile "${LIMITS[1]}" "{$COMMON, \"depths\": [${DEPTHS[1]}], \"compile\": true, \"lightning\": false}"
+stage ckpt "${LIMITS[2]}" "{$COMMON, \"depths\": [${DEPTHS[2]}], \"activation_checkpointing\": true, \"lightning\": false}"
 echo "== done"; date -u; nvidia-smi --query-gpu=name,memory.used,temperature.gpu,clocks.sm --format=csv 2>/dev/null

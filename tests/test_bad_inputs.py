@@ -57,9 +57,9 @@ CASES = {
         "'trainer.strategy': Input should be 'auto', 'ddp' or 'fsdp'",
         ["{run}"],
     ),
-    "fsdp on cpu": (
-        [*TRAIN, "--set", "trainer.strategy=fsdp"],
-        "fsdp needs trainer.accelerator gpu",
+    "fsdp on a gpu that is not there": (
+        [*TRAIN, "--set", "trainer.strategy=fsdp", "--set", "trainer.accelerator=gpu"],
+        "Lightning cannot run trainer.accelerator gpu",
         ["{run}"],
     ),
     "gpu without one": (

@@ -33,7 +33,8 @@ def bench_table(doc: dict) -> Table:
         title=f"keelctl bench: {meta['device_name']}, {_precision(opts)}, d_model "
         f"{opts['d_model']}, {opts['batch_size']} x {opts['seq_len']} tokens per step",
         caption="depth in sub-layers (blocks = depth / 2); bare PyTorch loop; /pre_ln: step "
-        "time over pre_ln's at that depth; L/bare: Lightning's step time over the bare loop's",
+        "time over pre_ln's at that depth; L/bare: Lightning's step time over the bare loop's; "
+        "compile s: first step's time minus a compiled step's (per-block torch.compile)",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
     )
@@ -47,6 +48,7 @@ def bench_table(doc: dict) -> Table:
         "peak mem",
         "/pre_ln",
         "L/bare",
+        *(["compile s"] if opts["compile"] else []),
     ):
         table.add_column(col, justify="left" if col == "scheme" else "right", no_wrap=True)
     for r in doc["results"]:
@@ -65,6 +67,7 @@ def bench_table(doc: dict) -> Table:
             _mem(bare["peak_mem_bytes"]),
             _num(r.get("vs_pre_ln"), ".2f", "x"),
             _num(r["lightning_overhead"], ".2f", "x") if r["lightning"] else (r["error"] or "-"),
+            *([f"{bare['first_step_s'] - bare['step_time_s']:.1f}"] if opts["compile"] else []),
         )
     return table
 

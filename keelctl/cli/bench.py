@@ -35,7 +35,9 @@ def bench(
     warmup: int = typer.Option(3, "--warmup", help="Untimed steps first."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     precision: str = typer.Option("32", "--precision", help="32 or bf16-mixed."),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
+    compile: bool = typer.Option(
+        False, "--compile", help="torch.compile each block (per-block, as torchtitan)."
+    ),
     activation_checkpointing: bool = typer.Option(
         False, "--activation-checkpointing", help="Recompute each block in backward."
     ),

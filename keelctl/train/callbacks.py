@@ -10,7 +10,8 @@ import lightning as L
 import torch
 from lightning.fabric.utilities.throughput import Throughput
 from lightning.pytorch.callbacks import RichProgressBar
-from lightning.pytorch.strategies import FSDPStrategy
+
+from keelctl.train.scale import is_sharded, local_grad
 
 
 class TokenThroughput(L.Callback):
@@ -75,11 +76,11 @@ class GradNorm(L.Callback):
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         if not trainer._logger_connector.should_update_logs:  # computed only when logged
             return
-        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        grads = [local_grad(p) for p in pl_module.parameters() if p.grad is not None]
         if not grads:
             return
         square = torch.stack(torch._foreach_norm(grads)).float().square().sum()
-        if isinstance(trainer.strategy, FSDPStrategy):  # each rank holds a shard of the grads
+        if is_sharded(trainer.strategy):  # each rank holds a shard of the grads
             square = trainer.strategy.reduce(square, reduce_op="sum")
         pl_module.log("grad_norm", square.sqrt())
 

@@ -54,7 +54,12 @@ from keelctl.train.resume import (
     resume_state,
     truncate_csv,
 )
-from keelctl.train.scale import AtomicCheckpointIO, gathered_model, make_strategy
+from keelctl.train.scale import (
+    AtomicCheckpointIO,
+    gathered_model,
+    make_strategy,
+    remove_stale_shards,
+)
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +217,7 @@ class _Fit:
             start_trackers(loggers, run_dir)
             truncate_csv(run_dir / GRADS_CSV, keep_steps_below=self.start_step)
             remove_partial_writes(run_dir / CHECKPOINTS)
+            remove_stale_shards(run_dir / CHECKPOINTS)
             self._log_rollbacks(trainer)
         for logger in trainer.loggers:
             logger.log_hyperparams(_depth(module))
@@ -368,7 +374,7 @@ def _json_number(v):
 def _diverged_message(e: TrainingDiverged, last_ckpt: Path, recipe: RecipeConfig) -> str:
     kept = (
         f"the last good checkpoint is {last_ckpt}"
-        if last_ckpt.is_file()
+        if last_ckpt.exists()
         else "no checkpoint was written before it"
     )
     todo = "lower optim.lr or raise optim.warmup_steps and train again"

@@ -12,14 +12,16 @@ import random
 import lightning as L
 import numpy as np
 import torch
-from torch.distributed.fsdp import FullyShardedDataParallel
+from torch.distributed.fsdp import FSDPModule
 from torchmetrics.aggregation import MeanMetric
 
 from keelctl.config import RecipeConfig
 from keelctl.model import build_model
 from keelctl.model.checkpointing import apply_activation_checkpointing
 from keelctl.model.loss import next_token_loss
+from keelctl.train.compile import check_compile_available, compile_blocks
 from keelctl.train.optim import build_optimizer, build_schedule
+from keelctl.train.scale import shard_model
 
 TOKENIZER_KEY = "keelctl_tokenizer"
 RNG_KEY = "keelctl_rng"
@@ -47,6 +49,11 @@ def _set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+def _device_type(accelerator: str) -> str:
+    gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    return "cuda" if gpu else "cpu"
+
+
 class LanguageModel(L.LightningModule):
     def __init__(self, recipe: dict, tokenizer: dict | None = None):
         super().__init__()
@@ -55,11 +62,12 @@ class LanguageModel(L.LightningModule):
         self.tokenizer = tokenizer
         self.model = build_model(self.recipe.model)
         trainer_cfg = self.recipe.trainer
-        # FSDP checkpoints blocks itself (fit.py passes the policy), so only wrap otherwise.
-        if trainer_cfg.activation_checkpointing and trainer_cfg.strategy != "fsdp":
+        # In torchtitan's order: checkpointing, then per-block compile, then (fsdp) sharding.
+        if trainer_cfg.activation_checkpointing:
             apply_activation_checkpointing(self.model)  # state_dict keys do not change
         if trainer_cfg.compile:
-            self.model.compile()  # in place: parameter names keep no `_orig_mod.` prefix
+            check_compile_available(_device_type(trainer_cfg.accelerator))
+            compile_blocks(self.model)  # in place: no `_orig_mod.` prefix in parameter names
         self.val_loss = MeanMetric()
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -96,19 +104,13 @@ class LanguageModel(L.LightningModule):
         self.log("val_loss", loss, prog_bar=True, sync_dist=True)
         self.log("val_ppl", torch.exp(loss), sync_dist=True)
 
-    def configure_gradient_clipping(
-        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
-    ) -> None:
-        """Clip by global norm. Lightning's FSDP precision plugin refuses norm clipping (a
-        per-shard norm would be wrong); the root FSDP module's clip_grad_norm_ computes the norm
-        over all shards, as torch's FSDP docs ask."""
-        if gradient_clip_val is None:
-            return
-        root = self.trainer.strategy.model
-        if isinstance(root, FullyShardedDataParallel):
-            root.clip_grad_norm_(gradient_clip_val)
-        else:
-            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+    def configure_model(self) -> None:
+        """Under trainer.strategy fsdp (FSDP2Strategy), shard the model over the data-parallel
+        mesh, once. Clipping needs nothing more: under FSDP2 the gradients are DTensors, whose
+        norm torch's clip_grad_norm_ computes over all shards."""
+        if self._device_mesh is not None and not isinstance(self.model, FSDPModule):
+            mesh = self._device_mesh["data_parallel"]
+            shard_model(self.model, mesh, self.recipe.trainer.precision)
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.model, self.recipe.optim)

@@ -27,6 +27,7 @@ from keelctl.runs import (
 )
 from keelctl.train.checkpoints import LAST_CKPT
 from keelctl.train.module import TOKENIZER_KEY
+from keelctl.train.scale import check_checkpoint_layout, read_sharded_checkpoint
 
 # Keys a resumed run may change; any other difference would make the resumed run a different
 # experiment (or break the data position, which assumes constant sequences per step).
@@ -108,7 +109,7 @@ def resolve_resume(run_dir: Path, recipe: RecipeConfig, resume: bool | str) -> b
 
 def resume_state(last_ckpt: Path, recipe: RecipeConfig) -> dict:
     """Tokenizer and step of the checkpoint, after checking the recipe still matches it."""
-    if not last_ckpt.is_file():
+    if not last_ckpt.exists():
         raise KeelError(
             f"--resume: no checkpoint at {last_ckpt}; train without --resume to start this "
             "run (--resume auto does either)"
@@ -123,6 +124,7 @@ def resume_state(last_ckpt: Path, recipe: RecipeConfig) -> dict:
             f"{last_ckpt} is not a keelctl training checkpoint ({_first_line(e)}); resume a run "
             "dir that `keelctl train` wrote, or train without --resume"
         ) from None
+    check_checkpoint_layout(last_ckpt, saved.trainer.strategy, recipe.trainer.strategy)
     changed = _unresumable_changes(saved, recipe)
     if changed:
         raise KeelError(
@@ -187,7 +189,10 @@ def _first_line(e: Exception) -> str:
 
 
 def read_checkpoint(path: Path) -> dict:
-    """A Lightning checkpoint, memory-mapped (cheap for big ones) and without unpickling code."""
+    """A Lightning checkpoint, memory-mapped (cheap for big ones) and without unpickling code;
+    of a sharded one (a folder), the metadata and the weights' shapes."""
+    if path.is_dir():
+        return read_sharded_checkpoint(path)
     try:
         return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except pickle.UnpicklingError:  # what weights_only refuses: code, or objects of any class

@@ -11,7 +11,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_KEEL = ROOT / "recipes" / "tiny-keel.yaml"
-FSDP_ON_CPU = Path(__file__).with_name("fsdp_on_cpu.py")
 CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
 
