@@ -124,7 +124,7 @@ class TrainerConfig(_Section):
         description="experiment trackers; metrics.csv (csv) is always written (docs/train.md)",
     )
     grad_flow_every: int = Field(50, ge=0, description="record per-sub-layer grad norms; 0 = off")
-    compile: bool = Field(False, description="torch.compile the model")
+    compile: bool = Field(False, description="torch.compile each block (compile time ~ depth-free)")
     activation_checkpointing: bool = Field(
         False, description="recompute each block in the backward pass (saves memory)"
     )
