@@ -1,4 +1,4 @@
-"""Hugging Face datasets as streamed corpora: `hf:NAME[:CONFIG]`.
+"""Hugging Face datasets as streamed corpora: `hf:NAME[:CONFIG][@REVISION]`.
 
 NAME is a hub dataset or a local folder of data files (both read with datasets.load_dataset
 and streaming=True: rows arrive as they are read, nothing is converted or held), or a folder
@@ -39,10 +39,10 @@ def hf_validation_documents(
 
 def hf_fingerprint(name_spec: str, hf_split: str) -> dict:
     """A local folder: its files' paths, sizes and mtimes. A hub dataset: name, config, split
-    (a new upload under the same name is not noticed; docs/data.md)."""
-    name, config = parse_hf_spec(name_spec)
+    and revision (unpinned, a new upload under the same name is not noticed; docs/data.md)."""
+    name, config, revision = parse_hf_spec(name_spec)
     path = Path(name).expanduser()
-    fingerprint = {"hf": name, "config": config, "split": hf_split}
+    fingerprint = {"hf": name, "config": config, "split": hf_split, "revision": revision}
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file())
         fingerprint["files"] = [
@@ -52,8 +52,7 @@ def hf_fingerprint(name_spec: str, hf_split: str) -> dict:
 
 
 def hf_size_hint(name_spec: str, hf_split: str) -> int | None:
-    name, _ = parse_hf_spec(name_spec)
-    path = Path(name).expanduser()
+    path = Path(parse_hf_spec(name_spec)[0]).expanduser()
     if path.is_dir():
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     try:
@@ -64,23 +63,31 @@ def hf_size_hint(name_spec: str, hf_split: str) -> int | None:
         return None
 
 
-def parse_hf_spec(name_spec: str) -> tuple[str, str | None]:
-    """'NAME[:CONFIG]' -> (NAME, CONFIG); a local path may itself contain ':'."""
+def parse_hf_spec(name_spec: str) -> tuple[str, str | None, str | None]:
+    """'NAME[:CONFIG][@REVISION]' -> (NAME, CONFIG, REVISION); a local path may itself hold
+    ':' or '@'."""
     if not name_spec:
         raise KeelError("hf: spec needs a dataset name, e.g. hf:roneneldan/TinyStories")
-    if Path(name_spec).exists() or ":" not in name_spec:
-        return name_spec, None
+    if Path(name_spec).exists():
+        return name_spec, None, None
+    revision = None
+    if "@" in name_spec:
+        name_spec, _, revision = name_spec.rpartition("@")
+        if not name_spec or not revision:
+            raise KeelError(f"bad hf spec 'hf:{name_spec}@{revision}'; use hf:NAME[:CONFIG]@REV")
+    if ":" not in name_spec:
+        return name_spec, None, revision
     name, _, config = name_spec.rpartition(":")
     if not name or not config:
         raise KeelError(f"bad hf spec 'hf:{name_spec}'; use hf:NAME or hf:NAME:CONFIG")
-    return name, config
+    return name, config, revision
 
 
 def _open(name_spec: str, hf_split: str) -> tuple[dict, str]:
     """({split name: Dataset or IterableDataset}, label); loading failures are KeelErrors."""
     import datasets
 
-    name, config = parse_hf_spec(name_spec)
+    name, config, revision = parse_hf_spec(name_spec)
     label = f"hf dataset {name!r}" + (f" (config {config!r})" if config else "")
     path = Path(name)
     saved = path.is_dir() and any((path / f).is_file() for f in ("state.json", "dataset_dict.json"))
@@ -88,7 +95,7 @@ def _open(name_spec: str, hf_split: str) -> tuple[dict, str]:
         if saved:
             loaded = datasets.load_from_disk(str(path))
         else:
-            loaded = datasets.load_dataset(name, config, streaming=True)
+            loaded = datasets.load_dataset(name, config, revision=revision, streaming=True)
     except datasets.exceptions.DatasetNotFoundError as e:
         raise KeelError(
             f"hf dataset {name!r} was not found on the Hugging Face hub or in the local cache "

@@ -290,3 +290,16 @@ def test_rerun_tokenizes_only_the_chunks_a_kill_left_undone(jsonl_corpus, tmp_pa
     # were not redone.
     assert len(encoded) > 5
     assert sum(encoded) == p.meta["splits"]["train"]["docs"] + p.meta["splits"]["val"]["docs"]
+
+
+def test_hub_dataset_fingerprint_names_config_split_and_pinned_revision():
+    from keelctl.data.hf_corpus import hf_fingerprint, parse_hf_spec
+
+    assert parse_hf_spec("HuggingFaceFW/fineweb-edu:sample-10BT@v1.2.0") == (
+        "HuggingFaceFW/fineweb-edu", "sample-10BT", "v1.2.0"
+    )  # fmt: skip
+    assert parse_hf_spec("roneneldan/TinyStories") == ("roneneldan/TinyStories", None, None)
+    pinned = Corpus("hf:HuggingFaceFW/fineweb-edu:sample-10BT@abc123").fingerprint()
+    assert pinned == {"hf": "HuggingFaceFW/fineweb-edu", "config": "sample-10BT",
+                      "split": "train", "revision": "abc123"}  # fmt: skip
+    assert hf_fingerprint("HuggingFaceFW/fineweb-edu:sample-10BT", "train")["revision"] is None
