@@ -129,6 +129,8 @@ def close_trackers(loggers: Sequence[Logger], status: str) -> None:
     Lightning's finalize leaves W&B open and marks an interrupted MLflow run FAILED."""
     for logger in loggers:
         if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            if status == "preempted":
+                logger.experiment.mark_preempting()  # W&B shows it so, and expects a resume
             logger.experiment.finish(exit_code=0 if status == "finished" else 1)
         elif isinstance(logger, MLFlowLogger) and logger._initialized:
             mlflow_status = {"finished": "FINISHED", "preempted": "KILLED"}.get(status, "FAILED")
