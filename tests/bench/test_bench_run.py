@@ -34,6 +34,7 @@ TINY = [
 ]
 PATH_FIELDS = {
     "step_time_s",
+    "first_step_s",
     "step_time_min_s",
     "step_time_max_s",
     "tokens_per_s",
@@ -87,6 +88,7 @@ def test_json_has_every_field_for_every_configuration(bench_json):
             assert r[path].keys() == PATH_FIELDS
             assert r[path]["step_time_s"] > 0 and r[path]["tokens_per_s"] > 0
             assert len(r[path]["step_times_s"]) == 2 and r[path]["mfu"] is None
+            assert r[path]["first_step_s"] > 0  # an untimed warm-up step, or the compile
             assert r[path]["peak_mem_bytes"] is None or r[path]["peak_mem_bytes"] >= 0
         assert r["lightning_overhead"] > 0 and r["vs_pre_ln"] > 0
     assert [r["vs_pre_ln"] for r in rows if r["scheme"] == "pre_ln"] == [1.0, 1.0]
