@@ -122,7 +122,7 @@ def tiny_train_sets(tiny_corpus):
             "model.d_model=32 model.n_blocks=2 model.ffn_hidden=96 model.max_seq_len=64 "
             "data.seq_len=32 data.batch_size=4 data.val_fraction=0.1 data.val_tokens=1024 "
             "data.max_bytes=null optim.warmup_steps=5 trainer.val_every=10 "
-            "trainer.grad_flow_every=10"
+            "trainer.grad_flow_every=10 trainer.loggers=[csv]"  # no per-record figure to draw
         ).split()
         paths = [f"data.corpus={tiny_corpus}", f"data.cache_dir={cache_dir}"]
         return [*shrink, *paths, f"trainer.max_steps={max_steps}"]

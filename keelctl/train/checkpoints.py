@@ -148,7 +148,9 @@ class StepEndCheckpoint(L.Callback):
 
     def _agree(self, trainer) -> tuple[int, bool]:
         due = self.every_s is not None and time.monotonic() - self._saved_at >= self.every_s
+        if trainer.world_size == 1:
+            return self.signals.received, due
+        # A host sync per step, as Lightning's own per-batch SIGTERM broadcast under ddp.
         flags = torch.tensor([self.signals.received, int(due)], device=trainer.strategy.root_device)
-        if trainer.world_size > 1:
-            flags = trainer.strategy.reduce(flags, reduce_op="max")
+        flags = trainer.strategy.reduce(flags, reduce_op="max")
         return int(flags[0]), bool(flags[1])
