@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +15,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
+from keelctl.bench.clock import StepClock
 from keelctl.config import RecipeConfig
 from keelctl.train.module import LanguageModel
 
@@ -33,20 +33,13 @@ _EXPECTED_WARNINGS = (
 
 class _StepTimer(Callback):
     def __init__(self, device: torch.device):
-        self.device, self.times, self._last = device, [], 0.0
-
-    def _now(self) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter()
+        self.clock = StepClock(device)
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self._last = self._now()
+        self.clock.start()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        now = self._now()
-        self.times.append(now - self._last)
-        self._last = now
+        self.clock.tick()
 
 
 @contextmanager
@@ -64,8 +57,9 @@ def _quiet() -> Iterator[None]:
                 logging.getLogger(name).setLevel(level)
 
 
-def time_lightning(recipe: RecipeConfig, batches: list, device: torch.device) -> list[float]:
-    """Step intervals (s) of Trainer.fit on keelctl's LanguageModel over `batches` (x, y)."""
+def time_lightning(recipe: RecipeConfig, batches: list, device: torch.device) -> StepClock:
+    """Step intervals (wall and CPU) of Trainer.fit on keelctl's LanguageModel over `batches`
+    of (x, y)."""
     with torch.device(device):  # parameters are created on the device (fast init at 1B+)
         module = LanguageModel(recipe.model_dump(mode="json"))
     timer = _StepTimer(device)
@@ -88,4 +82,4 @@ def time_lightning(recipe: RecipeConfig, batches: list, device: torch.device) ->
         )
         loader = DataLoader(batches, batch_size=None, shuffle=False)
         trainer.fit(module, train_dataloaders=loader)
-    return timer.times
+    return timer.clock

@@ -20,6 +20,7 @@ import lightning
 import torch
 
 from keelctl import __version__
+from keelctl.bench.clock import StepClock
 from keelctl.bench.flops import flops_params, flops_per_token, mfu, peak_flops
 from keelctl.bench.lightning_path import time_lightning
 from keelctl.bench.memory import PeakMemory
@@ -122,14 +123,9 @@ def _batches(opts: BenchOptions) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(t[:, :-1], t[:, 1:]) for t in tokens]
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_bare(recipe: RecipeConfig, batches: list, device: torch.device) -> list[float]:
-    """Step intervals (s) of a plain loop doing what the Lightning module does: forward and
-    loss under autocast, backward, gradient clipping, AdamW step, schedule step."""
+def time_bare(recipe: RecipeConfig, batches: list, device: torch.device) -> StepClock:
+    """Step intervals (wall and CPU) of a plain loop doing what the Lightning module does:
+    forward and loss under autocast, backward, gradient clipping, AdamW step, schedule step."""
     with torch.device(device):  # parameters are created on the device (fast init at 1B+)
         model = build_model(recipe.model)
     if recipe.trainer.activation_checkpointing:
@@ -140,7 +136,8 @@ def time_bare(recipe: RecipeConfig, batches: list, device: torch.device) -> list
     schedule = build_schedule(opt, recipe.optim, recipe.trainer.max_steps)
     bf16 = recipe.trainer.precision == "bf16-mixed"
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-    times, start = [], time.perf_counter()
+    clock = StepClock(device)
+    clock.start()
     for x, y in batches:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with amp:
@@ -150,17 +147,12 @@ def time_bare(recipe: RecipeConfig, batches: list, device: torch.device) -> list
         opt.step()
         opt.zero_grad(set_to_none=True)
         schedule.step()
-        _sync(device)
-        now = time.perf_counter()
-        times.append(now - start)
-        start = now
-    return times
+        clock.tick()
+    return clock
 
 
-def _summary(
-    times: list[float], warmup: int, tokens: int, fpt: int, peak: float | None, mem
-) -> dict:
-    timed = times[warmup:]
+def _summary(clock: StepClock, warmup: int, tokens: int, fpt: int, peak: float | None, mem) -> dict:
+    times, timed = clock.wall, clock.wall[warmup:]
     step = statistics.median(timed)
     tps = tokens / step
     return {
@@ -174,6 +166,7 @@ def _summary(
         "mfu": mfu(fpt, tps, peak),
         "peak_mem_bytes": mem,
         "step_times_s": timed,
+        "cpu_step_time_s": statistics.median(clock.cpu[warmup:]),
     }
 
 
@@ -211,11 +204,11 @@ def bench_one(opts: BenchOptions, scheme: str, depth: int) -> dict:
         torch.manual_seed(opts.seed)
         try:
             with PeakMemory(device) as mem:
-                times = timer(recipe, _batches(opts), device)
+                clock = timer(recipe, _batches(opts), device)
         except torch.cuda.OutOfMemoryError:
             row["error"] = f"out of memory ({name})"
             break
-        row[name] = _summary(times, opts.warmup, tokens, fpt, peak, mem.bytes)
+        row[name] = _summary(clock, opts.warmup, tokens, fpt, peak, mem.bytes)
     if row["bare"] and row["lightning"]:
         row["lightning_overhead"] = row["lightning"]["step_time_s"] / row["bare"]["step_time_s"]
     return row

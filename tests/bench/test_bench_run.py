@@ -42,6 +42,7 @@ PATH_FIELDS = {
     "mfu",
     "peak_mem_bytes",
     "step_times_s",
+    "cpu_step_time_s",
 }
 ROW_FIELDS = {
     "scheme",
