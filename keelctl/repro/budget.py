@@ -22,7 +22,8 @@ def _forward_s(scale: Scale, spec: RunSpec, tokens: int) -> float:
 def measure_s(scale: Scale, spec: RunSpec, measure: str) -> float:
     if measure == "eval":
         docs = scale.task_limit or 1000
-        tokens = 2 * spec.recipe.data.val_tokens + docs * _TASK_TOKENS_PER_DOC  # rolling windows
+        heldout = scale.heldout_tokens or spec.recipe.data.val_tokens
+        tokens = 2 * heldout + docs * _TASK_TOKENS_PER_DOC  # rolling windows: stride L/2
         return _forward_s(scale, spec, tokens)
     if measure == "ablation":
         L = spec.depth

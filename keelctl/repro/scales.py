@@ -3,7 +3,7 @@
 micro  a few steps of 2- and 4-sub-layer models on any corpus: the tests' scale; its numbers
        mean nothing.
 cpu    d_model 64 on the Python standard-library sources, byte tokenizer, 16, 64 and 256
-       sub-layers, 3 seeds: every protocol together in about 3 hours on 2 CPU cores with
+       sub-layers, 3 seeds: every protocol together in about 3 h 20 min on 2 CPU cores with
        `--jobs 2` (sized from measured steps: 0.17 s at 16, 0.65 s at 64 and about 2.9 s at 256
        sub-layers, one torch thread, batch 16 x 128 tokens; `--plan` prints the estimate).
 gpu    the paper's shapes: d_model 1024 (FFN 3072, 16 heads, 8 KV heads), 1024 x 4096 tokens per
@@ -52,8 +52,10 @@ class Scale:
         "keel",
     )
     grad_schemes: tuple[str, ...] = ("post_ln", "deepnorm", "pre_ln", "keel")
-    # the --plan estimate: measured seconds per training step per sub-layer (None: no estimate)
+    # the --plan estimate: measured seconds per training step per sub-layer (None: no estimate),
+    # and the held-out split's size in tokens (`keelctl eval` scores all of it; None: val_tokens)
     step_s_per_sublayer: float | None = None
+    heldout_tokens: int | None = None
 
     @property
     def lr_sweep_steps(self) -> int:
@@ -106,6 +108,7 @@ CPU = Scale(
     eval_batch_size=16,
     task_limit=200,
     step_s_per_sublayer=0.0102,  # 0.65 s per step at 64 sub-layers, quiet machine, 1 thread
+    heldout_tokens=245193,  # 1% of the stdlib files, measured (eval.json "tokens")
 )
 
 GPU = Scale(
