@@ -45,7 +45,12 @@ from keelctl.train.grad_flow import GradFlowCallback
 from keelctl.train.guards import LossGuard, LossSpike, TrainingDiverged
 from keelctl.train.loggers import close_trackers, make_loggers, start_trackers
 from keelctl.train.module import LanguageModel
-from keelctl.train.preemption import RunPreempted, cluster_plugins, requeue_slurm_job
+from keelctl.train.preemption import (
+    RunPreempted,
+    cluster_plugins,
+    requeue_slurm_job,
+    stop_signals_held,
+)
 from keelctl.train.resume import (
     check_run_dir,
     checkpoint_step,
@@ -142,17 +147,18 @@ def train(
             close_trackers(trainer.loggers, fit.status)
 
     summary = fit.summary(trainer, module, started)
-    model = gathered_model(trainer, module)  # every rank: a collective under fsdp
-    if trainer.is_global_zero:
-        save_model(
-            run_dir,
-            model,
-            fit.data.tokenizer,
-            steps=trainer.global_step,
-            tokens_seen=summary["tokens_seen"],
-            recipe=recipe.name,
-        )
-        atomic_write_json(run_dir / SUMMARY_JSON, summary)
+    with stop_signals_held():  # the run is done: a stop signal now waits for the export
+        model = gathered_model(trainer, module)  # every rank: a collective under fsdp
+        if trainer.is_global_zero:
+            save_model(
+                run_dir,
+                model,
+                fit.data.tokenizer,
+                steps=trainer.global_step,
+                tokens_seen=summary["tokens_seen"],
+                recipe=recipe.name,
+            )
+            atomic_write_json(run_dir / SUMMARY_JSON, summary)
     return summary
 
 

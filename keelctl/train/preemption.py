@@ -17,6 +17,8 @@ import os
 import signal
 import subprocess
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from lightning.fabric.plugins.environments import SLURMEnvironment
 
@@ -38,16 +40,14 @@ class StopSignals:
     """Notes SIGTERM / SIGUSR1 instead of dying. A second signal (during the save, say) is
     noted again and changes nothing: the save is atomic and is not interrupted."""
 
-    def __init__(self) -> None:
+    def __init__(self, then: str = "stopping after the current optimizer step, with a checkpoint"):
         self.received = 0  # the first signal's number, 0 = none
+        self.then = then
 
     def _note(self, signum, frame) -> None:
         if not self.received:
             self.received = signum
-            log.warning(
-                "received %s: stopping after the current optimizer step, with a checkpoint",
-                signal.Signals(signum).name,
-            )
+            log.warning("received %s: %s", signal.Signals(signum).name, self.then)
 
     def install(self) -> None:
         """Take over the stop signals (called once Lightning has installed its own handlers,
@@ -57,6 +57,20 @@ class StopSignals:
             return
         for signum in STOP_SIGNALS:
             signal.signal(signum, self._note)
+
+
+@contextmanager
+def stop_signals_held() -> Iterator[None]:
+    """Stop signals are noted, not obeyed, inside: a finished run's export takes seconds,
+    and a run killed in it could not be resumed (its checkpoint is at max_steps)."""
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    StopSignals(then="finishing the export of the trained model first").install()
+    try:
+        yield
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
 
 def cluster_plugins() -> list:

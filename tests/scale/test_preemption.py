@@ -169,3 +169,18 @@ def test_under_slurm_sigusr1_requeues_the_job_and_sigterm_does_not(tmp_path, mon
     monkeypatch.setenv("SLURM_JOB_NAME", "keel-512")
     (plugin,) = cluster_plugins()
     assert isinstance(plugin, SLURMEnvironment) and not plugin.auto_requeue
+
+
+def test_a_signal_during_the_final_export_waits_for_it(tiny, tmp_path, monkeypatch):
+    """A run killed while exporting could not be resumed (its checkpoint is at max_steps)."""
+    import keelctl.train.fit as fit
+
+    def save_model_signalled(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        save_model(*args, **kwargs)
+
+    save_model = fit.save_model
+    monkeypatch.setattr(fit, "save_model", save_model_signalled)
+    summary = train(load_recipe(TINY_KEEL, tiny(max_steps=3)), tmp_path / "run", progress_bar=False)
+    assert summary["status"] == "finished" and (tmp_path / "run" / "model.safetensors").is_file()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
