@@ -27,17 +27,7 @@ def folder_digest(folder: Path) -> dict[str, str]:
 
 def write_tokenizer_json(path: Path, texts: list[str], vocab_size: int = 300) -> Path:
     """A small byte-level BPE saved as a plain HF tokenizer.json, as a user would bring one."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from keelctl.data.tokenizers import BPETokenizer
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts, trainer=trainer)
-    tok.save(str(path))
+    path.write_text(BPETokenizer.train(texts, vocab_size).to_dict()["tokenizer_json"])
     return path
