@@ -153,16 +153,17 @@ def load_pretrained(name: str) -> PretrainedTokenizer:
             ) from None
     if name.startswith((".", "/", "~")) or name.endswith(".json"):
         raise KeelError(f"data.tokenizer {name!r} does not exist; check the path")
-    try:
-        return PretrainedTokenizer(HFTokenizer.from_pretrained(name), name)
-    except KeelError:
-        raise
-    except Exception as e:
-        first = _first_sentence(e)
+    from huggingface_hub import hf_hub_download
+
+    try:  # huggingface_hub: the HF cache, HF_HUB_OFFLINE and `hf auth login` tokens (gated repos)
+        local = hf_hub_download(name, "tokenizer.json")
+    except Exception as e:  # not found, gated, offline, network: all say what to do the same way
         raise KeelError(
             f"tokenizer {name!r} could not be loaded from the Hugging Face hub or its cache "
-            f"({first}); check the name, connect to the network, or give a local tokenizer.json"
+            f"({type(e).__name__}: {_first_sentence(e)}); check the name, log in for gated "
+            "repos, connect to the network, or give a local tokenizer.json"
         ) from None
+    return PretrainedTokenizer(HFTokenizer.from_file(local), name)
 
 
 def _first_sentence(e: Exception) -> str:

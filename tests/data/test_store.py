@@ -19,6 +19,7 @@ from keelctl.data import ByteTokenizer, ShardedTokens, TrainWindows, prepare_tok
 from keelctl.data.corpora import Corpus, load_splits
 from keelctl.data.encode import byte_tokens
 from keelctl.data.tokenizers import BPETokenizer
+from keelctl.errors import KeelError
 
 TINY_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "tiny-keel.yaml"
 
@@ -303,3 +304,22 @@ def test_hub_dataset_fingerprint_names_config_split_and_pinned_revision():
     assert pinned == {"hf": "HuggingFaceFW/fineweb-edu", "config": "sample-10BT",
                       "split": "train", "revision": "abc123"}  # fmt: skip
     assert hf_fingerprint("HuggingFaceFW/fineweb-edu:sample-10BT", "train")["revision"] is None
+
+
+def test_hub_tokenizer_name_loads_from_the_hf_cache_offline(tmp_path, monkeypatch, tiny_corpus):
+    import huggingface_hub.constants
+
+    from keelctl.data.tokenizers import load_pretrained
+
+    snapshot = tmp_path / "hub" / "models--someone--tok" / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0123abcd")
+    texts = [p.read_text() for p in sorted(tiny_corpus.glob("*.py"))[:5]]
+    write_tokenizer_json(snapshot / "tokenizer.json", texts)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    tok = load_pretrained("someone/tok")
+    assert tok.kind == "pretrained" and tok.source == "someone/tok" and tok.eot_id == 0
+    with pytest.raises(KeelError, match="'someone/missing' could not be loaded.*local tokenizer"):
+        load_pretrained("someone/missing")
