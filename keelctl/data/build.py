@@ -41,6 +41,7 @@ from keelctl.errors import KeelError
 CACHE_ENV = "KEELCTL_CACHE"
 BATCH_CHARS = 4 << 20  # text per worker task; fixed, so chunks are the same on a rerun
 STAGING = "staging"
+REQUEST_JSON = "request.json"  # in KEY.partial/: the source and tokenizer being built
 MAIN, OWN_VAL = "doc", "val"  # staged streams: the corpus, and an hf dataset's own validation
 
 # progress(phase, bytes done, bytes expected or None, tokens done)
@@ -78,8 +79,16 @@ class StoreBuild:
                 f"token store folder {self.folder} exists but holds no {MANIFEST}; choose an "
                 "empty or new folder for data.store"
             )
+        # What this build makes; a partial build of another request (data.store reused with
+        # another tokenizer or corpus) is discarded, never resumed.
+        request = json.dumps({"source": self.source, "identity": self.identity}, sort_keys=True)
+        marker = self.partial / REQUEST_JSON
+        if self.partial.exists() and not (marker.is_file() and marker.read_text() == request):
+            shutil.rmtree(self.partial)
         try:
             (self.partial / STAGING).mkdir(parents=True, exist_ok=True)
+            if not marker.is_file():
+                write_atomic(marker, request.encode())
         except OSError as e:
             raise _unwritable(self.folder, e) from None
         if not (self.partial / MANIFEST).is_file():
@@ -93,6 +102,7 @@ class StoreBuild:
                 self._stage(OWN_VAL, capped_nonempty(own_val, cap), tokenizer, dtype, workers)
             self._finish(tokenizer, dtype, shard_tokens, has_own_val=own_val is not None)
         shutil.rmtree(self.partial / STAGING, ignore_errors=True)
+        (self.partial / REQUEST_JSON).unlink(missing_ok=True)
         if self.folder.exists():
             self.folder.rmdir()  # an empty folder named by data.store
         os.replace(self.partial, self.folder)

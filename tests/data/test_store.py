@@ -323,3 +323,19 @@ def test_hub_tokenizer_name_loads_from_the_hf_cache_offline(tmp_path, monkeypatc
     assert tok.kind == "pretrained" and tok.source == "someone/tok" and tok.eot_id == 0
     with pytest.raises(KeelError, match="'someone/missing' could not be loaded.*local tokenizer"):
         load_pretrained("someone/missing")
+
+
+def test_a_partial_build_for_another_tokenizer_is_not_resumed(tiny_corpus, tmp_path):
+    store = tmp_path / "store"
+    tok_path = write_tokenizer_json(tmp_path / "tok.json", ["some text " * 50], vocab_size=270)
+
+    def stop(phase, *_):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # a byte build killed half way
+        prepare_tokens(str(tiny_corpus), val_fraction=0.1, store=store, workers=1, progress=stop)
+    assert (tmp_path / "store.partial" / "tokenizer.json").is_file()
+    p = prepare_tokens(str(tiny_corpus), str(tok_path), val_fraction=0.1, store=store, workers=1)
+    assert p.tokenizer.kind == "pretrained" and p.meta["tokenizer"]["kind"] == "pretrained"
+    splits = load_splits(str(tiny_corpus), val_fraction=0.1)
+    assert documents_from_tokens(p.val, p.tokenizer) == splits.val
