@@ -75,6 +75,8 @@ def measure(out: Path, seed: int, ddp: bool, max_steps: int, span: float) -> dic
     status = child.wait()
     exited = time.time() - sent
     summary = json.loads((run / "summary.json").read_text())
+    if summary["status"] != "preempted":  # the signal came after the last step
+        return {"seed": seed, "signal_after_s": round(delay, 2), "status": summary["status"]}
     last = run / "checkpoints" / "last.ckpt"
     import torch
 
