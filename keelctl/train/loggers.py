@@ -32,11 +32,11 @@ from matplotlib.figure import Figure
 from keelctl.errors import KeelError
 from keelctl.runs import atomic_write_json
 
-# logger name -> (module it needs, pip extra that installs it)
+# logger name -> (module it needs, how to install it)
 _NEEDS = {
-    "tensorboard": ("tensorboard", "keelctl (tensorboard is a dependency: reinstall keelctl)"),
-    "wandb": ("wandb", "keelctl[wandb]"),
-    "mlflow": ("mlflow", "keelctl[mlflow]"),
+    "tensorboard": ("tensorboard", "reinstall keelctl (tensorboard is one of its dependencies)"),
+    "wandb": ("wandb", "pip install 'keelctl[wandb]'"),
+    "mlflow": ("mlflow", "pip install 'keelctl[mlflow]'"),
 }
 TRACKERS_JSON = "trackers.json"  # {"wandb": run id, "mlflow": run id}
 PROJECT = "keelctl"  # W&B project and MLflow experiment unless the environment names one
@@ -45,11 +45,11 @@ PROJECT = "keelctl"  # W&B project and MLflow experiment unless the environment 
 def check_loggers_installed(names: Sequence[str]) -> None:
     """One line naming the extra to install when a chosen tracker's package is missing."""
     for name in names:
-        module, extra = _NEEDS.get(name, (None, None))
+        module, install = _NEEDS.get(name, (None, None))
         if module and importlib.util.find_spec(module) is None:
             raise KeelError(
                 f"trainer.loggers has {name}, but the {module} package is not installed; "
-                f"pip install '{extra}', or remove {name} from trainer.loggers"
+                f"{install}, or remove {name} from trainer.loggers"
             )
 
 
