@@ -4,26 +4,14 @@ reaches a checkpoint."""
 from __future__ import annotations
 
 import json
-import math
 
 import lightning as L
 import pytest
 import torch
+from test_divergence_guard import PoisonWeights
 
 from keelctl.errors import KeelError
 from keelctl.train import train
-
-
-class PoisonHead(L.Callback):
-    """NaN in the head's weights after `step` updates: every later loss is NaN."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
-        if trainer.global_step == self.step:
-            with torch.no_grad():
-                pl_module.model.head.weight.fill_(math.nan)
 
 
 class CountReductions(L.Callback):
@@ -64,7 +52,7 @@ def test_a_nan_between_logged_steps_is_caught_before_the_checkpoint_would_save_i
     run = tmp_path / "run"
     recipe = tiny_recipe("trainer.log_every=100", "trainer.val_every=10", max_steps=30)
     with pytest.raises(KeelError, match=r"diverged: loss nan at step 13 "):
-        train(recipe, run, progress_bar=False, callbacks=[PoisonHead(13)])
+        train(recipe, run, progress_bar=False, callbacks=[PoisonWeights(13)])
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 10  # the save at step 20 was refused
     assert all(torch.isfinite(t).all() for t in ckpt["state_dict"].values())
