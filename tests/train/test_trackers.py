@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
+import signal
 import struct
 import sys
 
+import lightning as L
 import pytest
 
 from keelctl.errors import KeelError
@@ -63,17 +66,37 @@ def close(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(abs(a[k] - b[k]) <= 1e-6 * abs(a[k]) for k in a)
 
 
+class StopAt(L.Callback):
+    """SIGTERM to this process while step `step` trains: the run stops after it (preempted)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
 def test_csv_tensorboard_wandb_mlflow_get_the_same_run(tiny_recipe, tmp_path, monkeypatch):
+    """Preempted after step 3 and resumed (whose last steps fill the 20-step tokens/s window):
+    each tracker holds one run with every step."""
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
-    recipe = tiny_recipe("trainer.loggers=csv,tensorboard,wandb,mlflow", max_steps=24)
+    recipe = tiny_recipe("trainer.loggers=csv,tensorboard,wandb,mlflow", max_steps=26)
     run = tmp_path / "run"
-    train(recipe, run, progress_bar=False)
+    assert train(recipe, run, progress_bar=False, callbacks=[StopAt(3)])["status"] == "preempted"
+    first_ids = json.loads((run / "trackers.json").read_text())
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient((tmp_path / "mlruns").as_uri())
+    assert client.get_run(first_ids["mlflow"]).info.status == "KILLED"
+    train(recipe, run, resume="auto", progress_bar=False)
     expected, ratios = csv_metrics(run), profile_ratios(run)
     assert all(expected[name] for name in METRICS), {k: len(v) for k, v in expected.items()}
-    assert sorted(ratios) == [0, 10, 20, 23]
+    assert sorted(ratios) == [0, 10, 20, 25]
     ids = json.loads((run / "trackers.json").read_text())
+    assert ids == first_ids
 
     # TensorBoard
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -83,13 +106,10 @@ def test_csv_tensorboard_wandb_mlflow_get_the_same_run(tiny_recipe, tmp_path, mo
         assert close(expected[name], {e.step: e.value for e in events.Scalars(name)}), name
     bottom = {e.step: e.value for e in events.Scalars("grad_flow/bottom_top")}
     assert close({s: r[0] for s, r in ratios.items()}, bottom)
-    assert [e.step for e in events.Images("grad_flow")] == [0, 10, 20, 23]
+    assert [e.step for e in events.Images("grad_flow")] == [0, 10, 20, 25]
     assert "residual: keel" in (run / "tensorboard" / "hparams.yaml").read_text()
 
     # MLflow
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient((tmp_path / "mlruns").as_uri())
     mlflow_run = client.get_run(ids["mlflow"])
     assert mlflow_run.info.status == "FINISHED"
     assert mlflow_run.data.params["recipe/model/residual"] == "keel"
@@ -101,13 +121,14 @@ def test_csv_tensorboard_wandb_mlflow_get_the_same_run(tiny_recipe, tmp_path, mo
     }
     assert close({s: r[1] for s, r in ratios.items()}, min_top)
     figures = [a.path for a in client.list_artifacts(ids["mlflow"], "grad_flow")]
-    assert figures == [f"grad_flow/step-{s:07d}.png" for s in (0, 10, 20, 23)]
+    assert figures == [f"grad_flow/step-{s:07d}.png" for s in (0, 10, 20, 25)]
 
-    # W&B
-    (run_file,) = (run / "wandb").glob(f"offline-run-*-{ids['wandb']}/run-{ids['wandb']}.wandb")
+    # W&B: one offline file per part of the run, the same run id
+    parts = sorted((run / "wandb").glob(f"offline-run-*-{ids['wandb']}/run-{ids['wandb']}.wandb"))
+    assert len(parts) == 2
     logged: dict = {name: {} for name in METRICS}
     images, config = [], {}
-    for record in wandb_records(run_file):
+    for record in (r for part in parts for r in wandb_records(part)):
         if record.HasField("history"):
             row = {
                 i.key or "/".join(i.nested_key): json.loads(i.value_json)
@@ -122,7 +143,7 @@ def test_csv_tensorboard_wandb_mlflow_get_the_same_run(tiny_recipe, tmp_path, mo
             config.update({i.key: json.loads(i.value_json) for i in record.config.update})
     for name in METRICS:
         assert close(expected[name], logged[name]), name
-    assert images == [0, 10, 20, 23]
+    assert images == [0, 10, 20, 25]
     assert config["recipe"]["model"]["residual"] == "keel"
 
 
