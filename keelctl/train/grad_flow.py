@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.loggers import Logger
@@ -143,13 +144,12 @@ def show_in_trackers(
     """The step's profile in the trackers (not metrics.csv: grads.csv holds it): the
     plot-grads figure with the theory overlay, and grad_flow/bottom_top (stream gradient at
     sub-layer 0 / at the top) and grad_flow/min_top (lowest over depth / at the top)."""
-    top = stream_grad_norm[-1]
+    stream = np.asarray(stream_grad_norm, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):  # no gradient at the top: inf/nan
+        relative = stream / stream[-1]
     log_tracker_metrics(
         loggers,
-        {
-            "grad_flow/bottom_top": stream_grad_norm[0] / top,
-            "grad_flow/min_top": min(stream_grad_norm) / top,
-        },
+        {"grad_flow/bottom_top": float(relative[0]), "grad_flow/min_top": float(relative.min())},
         step,
     )
     if shows_images(loggers):
