@@ -30,7 +30,11 @@ def train_command(
         "and starts the run when not (one command line for every start of a requeued job).",
         show_default=False,
     ),
-    resume: bool = typer.Option(False, "--resume", help="Continue from RUN/checkpoints/last.ckpt."),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Continue from RUN/checkpoints/last.ckpt (--resume auto: or start if it is absent).",
+    ),
     max_steps: int | None = typer.Option(
         None, "--max-steps", help="Same as --set trainer.max_steps=N."
     ),
