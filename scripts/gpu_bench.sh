@@ -26,7 +26,7 @@ export PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 
 if [ "${GPU_BENCH_SMOKE:-0}" = 1 ]; then  # the same stages at toy sizes on CPU
     DEVICE=cpu SHAPE='"d_model": 64, "n_heads": 4, "n_kv_heads": 2, "ffn_hidden": 192, "seq_len": 32'
-    DEPTHS=(4,8 4,8 4,16) STEPS='"steps": 2, "warmup": 1' LIMITS=(120 300 120)
+    DEPTHS=(4,8 4 4,16) STEPS='"steps": 2, "warmup": 1' LIMITS=(400 500 300)
 else
     DEVICE=cuda SHAPE='"d_model": 1024, "n_heads": 16, "n_kv_heads": 8, "ffn_hidden": 3072, "seq_len": 4096'
     DEPTHS=(64,128,256 64,256 64,1024) STEPS='"steps": 10, "warmup": 2' LIMITS=(150 130 120)
