@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
@@ -124,22 +125,53 @@ def corpus_perplexity(
     context_len: int | None = None,
     skip: Iterable[int] | None = None,
 ) -> dict:
-    """Token-level NLL (nats), perplexity and bits per UTF-8 byte of `docs`, each document
+    """token_perplexity of text documents, each encoded with `tokenizer`."""
+    return token_perplexity(
+        model,
+        [tokenizer.encode(doc) for doc in docs],
+        n_bytes=sum(len(doc.encode("utf-8")) for doc in docs),
+        eot_id=tokenizer.eot_id,
+        batch_size=batch_size,
+        max_len=max_len,
+        context_len=context_len,
+        skip=skip,
+    )
+
+
+def split_documents(tokens: Sequence[int], eot_id: int) -> list[list[int]]:
+    """A token store's stream (every document followed by eot_id) back into documents."""
+    ends = np.flatnonzero(np.asarray(tokens) == eot_id)
+    starts = np.concatenate([[0], ends[:-1] + 1]).astype(np.int64)
+    return [np.asarray(tokens[a:b]).tolist() for a, b in zip(starts, ends, strict=True)]
+
+
+def token_perplexity(
+    model: nn.Module,
+    docs: Sequence[Sequence[int]],
+    *,
+    n_bytes: int,
+    eot_id: int,
+    batch_size: int = 8,
+    max_len: int | None = None,
+    context_len: int | None = None,
+    skip: Iterable[int] | None = None,
+) -> dict:
+    """Token-level NLL (nats), perplexity and bits per UTF-8 byte of tokenized documents, each
     scored on its own (after an end-of-text token) with rolling windows on the model's device.
 
-    bits_per_byte = total NLL / ln 2 / bytes, comparable across tokenizers."""
+    bits_per_byte = total NLL / ln 2 / n_bytes (the documents' UTF-8 bytes), comparable
+    across tokenizers."""
     if batch_size < 1:
         raise KeelError(f"batch size must be at least 1, got {batch_size}")
     max_len = max_len or model.config.max_seq_len
     skip = list(skip or ())
-    windows, n_bytes = [], 0
-    for doc in docs:
-        windows += rolling_windows(tokenizer.encode(doc), tokenizer.eot_id, max_len, context_len)
-        n_bytes += len(doc.encode("utf-8"))
+    windows = []
+    for ids in docs:
+        windows += rolling_windows(list(ids), eot_id, max_len, context_len)
     n_tokens = sum(n for _, n in windows)
     if n_tokens == 0:
         raise KeelError("no text to score: the held-out documents are empty; pass other --data")
-    logp = score_windows(model, windows, batch_size=batch_size, pad_id=tokenizer.eot_id, skip=skip)
+    logp = score_windows(model, windows, batch_size=batch_size, pad_id=eot_id, skip=skip)
     total_nll = -sum(logp)
     nll = total_nll / n_tokens
     return {

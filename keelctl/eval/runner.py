@@ -16,23 +16,20 @@ from pathlib import Path
 from keelctl.errors import KeelError
 from keelctl.eval.context import trained_context
 from keelctl.eval.device import resolve_device
-from keelctl.eval.perplexity import corpus_perplexity
+from keelctl.eval.perplexity import token_perplexity
 from keelctl.runs import CONFIG_YAML, atomic_write_json, load_model, read_model_json
 
 
 def heldout_spec(run_dir: Path, data: str | None) -> tuple[str, dict]:
     """(corpus spec, load_documents keywords): the run's data section, with SPEC swapped in."""
-    from keelctl.config import DataConfig, load_recipe
+    from keelctl.config import DataConfig
 
-    recipe_path = Path(run_dir) / CONFIG_YAML
-    if recipe_path.is_file():
-        cfg = load_recipe(recipe_path).data
-    elif data is None:
+    cfg = _run_data(run_dir) or (DataConfig() if data is not None else None)
+    if cfg is None:
         raise KeelError(
-            f"{recipe_path} is missing, so the run's validation split is unknown; pass --data SPEC"
+            f"{Path(run_dir) / CONFIG_YAML} is missing, so the run's validation split is "
+            "unknown; pass --data SPEC"
         )
-    else:
-        cfg = DataConfig()
     kwargs = dict(
         val_fraction=cfg.val_fraction,
         text_field=cfg.text_field,
@@ -40,6 +37,37 @@ def heldout_spec(run_dir: Path, data: str | None) -> tuple[str, dict]:
         max_bytes=cfg.max_bytes,
     )
     return data or cfg.corpus, kwargs
+
+
+def _run_data(run_dir: Path):
+    """The run's `data` section, or None when the run dir has no config.yaml."""
+    from keelctl.config import load_recipe
+
+    recipe_path = Path(run_dir) / CONFIG_YAML
+    return load_recipe(recipe_path).data if recipe_path.is_file() else None
+
+
+def heldout_documents(
+    run_dir: Path, data: str | None, tokenizer, text_cache: dict
+) -> tuple[str, list[list[int]], int]:
+    """(what is scored, its documents as token ids, their UTF-8 bytes). Without --data, the
+    run's validation split comes from its token store (found by the corpus's cheap
+    fingerprint, prepared once if missing), so the corpus text is not read again; with
+    --data SPEC, SPEC's validation documents are read and encoded (cached across runs)."""
+    from keelctl.data import load_documents, prepare_data_section
+    from keelctl.eval.perplexity import split_documents
+
+    spec, kwargs = heldout_spec(run_dir, data)
+    if data is None:
+        prepared = prepare_data_section(_run_data(run_dir), tokenizer)
+        docs = split_documents(prepared.val[:], tokenizer.eot_id)
+        return spec, docs, int(prepared.meta["splits"]["val"]["bytes"])
+    key = (spec, *sorted(kwargs.items()))
+    if key not in text_cache:
+        text_cache[key] = load_documents(spec, "val", **kwargs)
+    texts = text_cache[key]
+    docs = [tokenizer.encode(doc) for doc in texts]
+    return spec, docs, sum(len(doc.encode("utf-8")) for doc in texts)
 
 
 def check_output(path: Path | None) -> None:
@@ -80,7 +108,6 @@ def evaluate_runs(
 ) -> dict:
     """Evaluate each run; returns (and writes to `output`, atomically) the report."""
     from keelctl import __version__
-    from keelctl.data import load_documents
 
     if batch_size < 1:
         raise KeelError(f"--batch-size must be at least 1, got {batch_size}")
@@ -89,7 +116,8 @@ def evaluate_runs(
     torch_device = resolve_device(device)
     metas = [read_model_json(run) for run in run_dirs]
     contexts = [trained_context(run) for run in run_dirs]
-    specs = [heldout_spec(run, data) for run in run_dirs]
+    for run in run_dirs:
+        heldout_spec(run, data)  # a run without config.yaml needs --data: say so before work
     if tasks:
         from keelctl.eval.harness import resolve_tasks
 
@@ -97,13 +125,11 @@ def evaluate_runs(
     check_output(output)
 
     limit = int(limit) if limit is not None and limit >= 1 else limit
-    documents: dict[tuple, list[str]] = {}
+    texts: dict[tuple, list[str]] = {}
     runs = []
-    for run, meta, context, (spec, kwargs) in zip(run_dirs, metas, contexts, specs, strict=True):
-        key = (spec, *sorted(kwargs.items()))
-        if key not in documents:
-            documents[key] = load_documents(spec, "val", **kwargs)
+    for run, meta, context in zip(run_dirs, metas, contexts, strict=True):
         model, tokenizer = load_model(run, torch_device)
+        spec, docs, n_bytes = heldout_documents(run, data, tokenizer, texts)
         entry = {
             "model_path": str(Path(run).resolve()),
             "config_hash": meta.get("config_hash"),
@@ -112,8 +138,13 @@ def evaluate_runs(
             "perplexity": {
                 "data": spec,
                 "split": "val",
-                **corpus_perplexity(
-                    model, tokenizer, documents[key], batch_size=batch_size, max_len=context
+                **token_perplexity(
+                    model,
+                    docs,
+                    n_bytes=n_bytes,
+                    eot_id=tokenizer.eot_id,
+                    batch_size=batch_size,
+                    max_len=context,
                 ),
             },
         }

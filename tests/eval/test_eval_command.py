@@ -184,3 +184,15 @@ def test_eval_scores_at_the_trained_context(trained_run_dir):
     at_32 = corpus_perplexity(model, tok, docs, max_len=32)
     assert entry["perplexity"]["nll"] == at_32["nll"]
     assert corpus_perplexity(model, tok, docs, max_len=64)["nll"] != at_32["nll"]
+
+
+def test_eval_reads_the_runs_token_store_not_the_corpus_text(trained_run_dir, monkeypatch):
+    from keelctl.data.corpora import Corpus
+    from keelctl.eval.runner import evaluate_runs
+
+    def no_reading(self):
+        raise AssertionError("eval read the corpus text although the run's token store exists")
+
+    monkeypatch.setattr(Corpus, "documents", no_reading)
+    (entry,) = evaluate_runs([trained_run_dir], device="cpu")["runs"]
+    assert entry["perplexity"]["tokens"] > 0 and entry["perplexity"]["documents"] > 0
