@@ -38,7 +38,15 @@ OnProgress = Callable[[str, int, int], None]
 # Keys that do not change what a run computes, left out of the recipe hash.
 _HASH_IGNORES = (("name",), ("description",), ("data", "cache_dir"), ("data", "num_workers"))
 # What an interrupted `train` may have left in a run dir before its first checkpoint.
-_RESTARTABLE = {CONFIG_YAML, METRICS_CSV, GRADS_CSV, CHECKPOINTS, "hparams.yaml", "tensorboard"}
+_RESTARTABLE = {
+    CONFIG_YAML,
+    METRICS_CSV,
+    GRADS_CSV,
+    CHECKPOINTS,
+    SUMMARY_JSON,  # a preempted run's, before its first checkpoint
+    "hparams.yaml",
+    "tensorboard",
+}
 
 
 def _what_counts(data: dict, defaults: dict) -> dict:
@@ -90,7 +98,9 @@ class RunSpec:
 
     @property
     def finished(self) -> bool:
-        return (self.run_dir / SUMMARY_JSON).is_file()
+        """Trained to its end (or stopped by a guard); a preempted run resumes instead."""
+        path = self.run_dir / SUMMARY_JSON
+        return path.is_file() and json.loads(path.read_text()).get("status") != "preempted"
 
     def summary(self) -> dict:
         return json.loads((self.run_dir / SUMMARY_JSON).read_text())

@@ -73,3 +73,12 @@ def test_plan_estimate_counts_only_what_records_lack(tmp_path):
     assert run_s(CPU, spec, ctx.out, ("eval",)) == pytest.approx(train + evaluate)
     (sibling / "eval.json").write_text("{}")
     assert run_s(CPU, spec, ctx.out, ("eval",)) == 0.0
+
+
+def test_a_preempted_run_is_not_finished(tmp_path):
+    spec = plan_protocol(make_context("depth-sweep", "cpu", 1, tmp_path, tmp_path / "runs"))[0]
+    spec.run_dir.mkdir(parents=True)
+    (spec.run_dir / "summary.json").write_text('{"status": "preempted"}')
+    assert not spec.finished  # resumed or restarted, never reported or measured
+    (spec.run_dir / "summary.json").write_text('{"status": "diverged"}')
+    assert spec.finished
