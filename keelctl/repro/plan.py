@@ -247,6 +247,10 @@ def complete(
     else:
         _train(spec, callbacks, on_step)
         how = "trained now"
+        if not spec.finished:
+            raise KeelError(
+                f"run {spec.name} was preempted; run the same command again to resume it"
+            )
     records.save_training(spec.run_dir, record)
     for name, measure in measures.items():
         if not (record / f"{name}.json").is_file():

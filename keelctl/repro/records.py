@@ -40,8 +40,11 @@ def record_dir(out: Path, name: str) -> Path:
 
 def has(record: Path, measures: tuple[str, ...] = ()) -> bool:
     """The record holds a finished run's training files and every measure in `measures`."""
-    return (record / SUMMARY_JSON).is_file() and all(
-        (record / f"{m}.json").is_file() for m in measures
+    path = record / SUMMARY_JSON
+    return (
+        path.is_file()
+        and json.loads(path.read_text()).get("status") != "preempted"
+        and all((record / f"{m}.json").is_file() for m in measures)
     )
 
 

@@ -82,3 +82,15 @@ def test_a_preempted_run_is_not_finished(tmp_path):
     assert not spec.finished  # resumed or restarted, never reported or measured
     (spec.run_dir / "summary.json").write_text('{"status": "diverged"}')
     assert spec.finished
+
+
+def test_a_preempted_runs_record_does_not_count(tmp_path):
+    from keelctl.repro import records
+
+    record = tmp_path / "depth-sweep" / "records" / "run"
+    record.mkdir(parents=True)
+    (record / "summary.json").write_text('{"status": "preempted"}')
+    assert not records.has(record)
+    assert records.missing(tmp_path / "depth-sweep", "run", ()) == (True, [])
+    (record / "summary.json").write_text('{"status": "finished"}')
+    assert records.has(record) and not records.has(record, ("eval",))
