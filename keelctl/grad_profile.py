@@ -52,6 +52,7 @@ def theory_label(cfg: ModelConfig) -> str:
         "keel": f"(α/√(α²+1))^(L-l), α={cfg.keel_alpha:g}",
         "deepnorm": "(a/√(a²+1))^(L-l), a=(2N)^¼=" + f"{sublayer_rules(cfg)[0].alpha:.3g}",
         "mix_ln": "2^(-1/2) per Post-LN sub-layer",
+        "hybridnorm": "2^(-1/2) per attention sub-layer (its outer norm)",
     }[cfg.residual]
     return f"theory {cfg.residual} L={L}: {formula}"
 

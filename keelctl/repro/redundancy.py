@@ -40,7 +40,15 @@ from keelctl.repro.plan import Outcome, Progress
 from keelctl.repro.records import load_measure
 from keelctl.repro.report import Report, md_table
 from keelctl.repro.sweeps import SCHEMES, depth_sweep_specs
-from keelctl.repro.verdicts import NOT_AT_SCALE, OPPOSITE, REPRODUCED, Verdict, claim, fmt_group
+from keelctl.repro.verdicts import (
+    NO_DATA,
+    NOT_AT_SCALE,
+    OPPOSITE,
+    REPRODUCED,
+    Verdict,
+    claim,
+    fmt_group,
+)
 
 SHALLOW_TIE = 1e-3
 RHO = 0.3
@@ -78,8 +86,11 @@ def _every_run(
 ) -> Verdict:
     """Reproduced when `holds` in every run, opposite when `against` in every run."""
     ours = ", ".join(f"{k} {v:.2f}" for k, v in values.items())
-    if not values or not all(math.isfinite(v) for v in values.values()):
-        return Verdict(text, paper_text, ours, NOT_AT_SCALE + " (no data)", "every run must agree")
+    if not values:
+        return Verdict(text, paper_text, ours, NO_DATA, "every run must agree")
+    if not all(math.isfinite(v) for v in values.values()):
+        verdict = NOT_AT_SCALE + " (not finite)"
+        return Verdict(text, paper_text, ours, verdict, "every run must agree")
     if all(holds(v) for v in values.values()):
         verdict = REPRODUCED
     elif all(against(v) for v in values.values()):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from keelctl.repro.verdicts import NOT_AT_SCALE, OPPOSITE, REPRODUCED, Verdict
+from keelctl.repro.verdicts import NO_DATA, NOT_AT_SCALE, OPPOSITE, REPRODUCED, Verdict
 from keelctl.runs import atomic_path, atomic_write_text
 
 REPORT_MD = "report.md"
@@ -29,11 +29,12 @@ def md_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 
 def verdict_line(verdicts: Sequence[Verdict]) -> str:
-    """'Verdicts: 2 reproduced, 1 not at this scale, 0 opposite (of 3 claims).'"""
-    counts = {
-        k: sum(v.verdict.startswith(k) for v in verdicts)
-        for k in (REPRODUCED, NOT_AT_SCALE, OPPOSITE)
-    }
+    """'Verdicts: 2 reproduced, 1 not at this scale, 0 opposite (of 3 claims).', with
+    ', 4 no data yet' before the total when a partial sweep left claims without runs."""
+    kinds = (REPRODUCED, NOT_AT_SCALE, OPPOSITE)
+    counts = {k: sum(v.verdict.startswith(k) for v in verdicts) for k in kinds}
+    if any(v.verdict == NO_DATA for v in verdicts):
+        counts[NO_DATA] = sum(v.verdict == NO_DATA for v in verdicts)
     parts = ", ".join(f"{n} {k}" for k, n in counts.items())
     return f"**Verdicts: {parts} (of {len(verdicts)} claims).**"
 

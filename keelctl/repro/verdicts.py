@@ -10,7 +10,8 @@ loss, a gradient ratio), where higher or lower is better:
   - one seed on a side: the two means. A difference within the tie band `tie` (an absolute
     amount, stated with each claim): "not at this scale"; otherwise by direction, and the
     verdict says "(single seed)".
-  - a missing or non-finite number on either side: "not at this scale (no data)".
+  - no finished run on a side (a partial sweep): "no data yet", counted apart from the three.
+  - a non-finite number on either side: "not at this scale (not finite)".
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 REPRODUCED, NOT_AT_SCALE, OPPOSITE = "reproduced", "not at this scale", "opposite"
+NO_DATA = "no data yet"
 
 
 @dataclass(frozen=True)
@@ -53,8 +55,10 @@ def compare(
     a: Sequence[float], b: Sequence[float], better: Literal["higher", "lower"], tie: float = 0.0
 ) -> tuple[str, str]:
     """(verdict, reason) for the claim "A's number is better than B's"."""
-    if not a or not b or not all(math.isfinite(v) for v in [*a, *b]):
-        return NOT_AT_SCALE + " (no data)", "a number is missing or not finite"
+    if not a or not b:
+        return NO_DATA, "a side has no finished run yet"
+    if not all(math.isfinite(v) for v in [*a, *b]):
+        return NOT_AT_SCALE + " (not finite)", "a number is not finite"
     sign = 1.0 if better == "higher" else -1.0
     (mk, sk), (mb, sb) = mean_std(a), mean_std(b)
     if len(a) > 1 and len(b) > 1:

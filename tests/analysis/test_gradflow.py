@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import typing
 
 import lightning as L
 import pytest
@@ -19,6 +20,7 @@ from keelctl.cli import app
 from keelctl.config import RecipeConfig, dump_recipe
 from keelctl.model import ModelConfig, build_model
 from keelctl.model.checkpointing import apply_activation_checkpointing
+from keelctl.model.config import Residual
 from keelctl.model.residual import deepnorm_alpha
 from keelctl.runs import CONFIG_YAML, GRADS_CSV, atomic_write_text
 from keelctl.train.grad_flow import GRADS_COLUMNS, GradFlowCallback, append_grads_csv
@@ -285,3 +287,12 @@ def test_plot_grads_errors_are_one_line(tmp_path, model_run_dir, args, message):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("scheme", typing.get_args(Residual))
+def test_every_scheme_has_a_theory_curve_and_label(scheme):
+    from keelctl.grad_profile import theory_gain, theory_label
+
+    cfg = ModelConfig(residual=scheme, n_blocks=4, d_model=16, n_heads=2, vocab_size=257)
+    assert theory_gain(cfg).shape == (8,)
+    assert theory_label(cfg).startswith(f"theory {scheme} L=8: ")

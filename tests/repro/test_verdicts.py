@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import math
 
-from keelctl.repro.verdicts import NOT_AT_SCALE, OPPOSITE, REPRODUCED, claim, compare, fmt_group
+from keelctl.repro.verdicts import (
+    NO_DATA,
+    NOT_AT_SCALE,
+    OPPOSITE,
+    REPRODUCED,
+    claim,
+    compare,
+    fmt_group,
+)
 
 
 def test_several_seeds_need_disjoint_mean_std_intervals():
@@ -24,8 +32,8 @@ def test_single_seed_uses_the_tie_band_and_says_so():
 
 
 def test_missing_or_non_finite_data_is_not_a_verdict():
-    assert compare([], [1.0], "lower")[0] == NOT_AT_SCALE + " (no data)"
-    assert compare([math.nan], [1.0], "lower")[0] == NOT_AT_SCALE + " (no data)"
+    assert compare([], [1.0], "lower")[0] == NO_DATA
+    assert compare([math.nan], [1.0], "lower")[0] == NOT_AT_SCALE + " (not finite)"
 
 
 def test_claim_row_formats_groups():
@@ -33,3 +41,16 @@ def test_claim_row_formats_groups():
     assert v.ours == "keel 1.5 ± 0.7071 (n=2) vs pre_ln 3"
     assert v.verdict == REPRODUCED + " (single seed)"
     assert fmt_group([]) == "n/a"
+
+
+def test_claims_without_runs_are_counted_apart_from_findings():
+    from keelctl.repro.report import verdict_line
+    from keelctl.repro.verdicts import Verdict
+
+    verdicts = [
+        Verdict("a", "", "", compare([1.0, 1.1], [2.0, 2.1], "lower")[0], ""),
+        Verdict("b", "", "", compare([], [2.0], "lower")[0], ""),
+    ]
+    assert verdict_line(verdicts) == (
+        "**Verdicts: 1 reproduced, 0 not at this scale, 0 opposite, 1 no data yet (of 2 claims).**"
+    )
