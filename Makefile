@@ -40,7 +40,7 @@ demo: $(STAMP)
 	rm -rf $(DEMO_RUNS)
 	@echo "training demo-keel and demo-pre-ln side by side (logs: $(RUNS)/demo-*.log)"
 	mkdir -p $(RUNS)
-	$(BIN)/keelctl train $(DEMO) --run-dir $(RUNS)/demo-keel > $(RUNS)/demo-keel.log 2>&1 & keel=$$!; \
+	$(BIN)/keelctl train $(DEMO) --set name=demo-keel --run-dir $(RUNS)/demo-keel > $(RUNS)/demo-keel.log 2>&1 & keel=$$!; \
 	$(BIN)/keelctl train $(DEMO) --set model.residual=pre_ln --set name=demo-pre-ln \
 		--run-dir $(RUNS)/demo-pre-ln > $(RUNS)/demo-pre-ln.log 2>&1 & pre=$$!; \
 	wait $$keel && wait $$pre
