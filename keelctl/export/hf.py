@@ -30,7 +30,7 @@ CODE_FILES = ("configuration_keel.py", "modeling_keel.py")
 # Model options modeling_keel.py reproduces; a new one must be added there before it exports.
 EXPORTED_OPTIONS = frozenset(
     "vocab_size d_model n_heads n_kv_heads n_blocks ffn ffn_hidden rope_theta tie_embeddings "
-    "norm_eps max_seq_len init_std residual alpha keel_first_block final_norm "
+    "norm_eps max_seq_len init_std residual alpha keel_first_block keel_inner_norm final_norm "
     "mix_ln_fraction qkv_norm".split()
 )
 

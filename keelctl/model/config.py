@@ -32,6 +32,10 @@ class ModelConfig(BaseModel):
     residual: Residual = "keel"
     alpha: float | None = Field(None, gt=0, description="keel skip scale; None = n_sublayers")
     keel_first_block: Literal["v2", "v1", "none"] = "v2"
+    keel_inner_norm: bool = Field(
+        True,
+        description="Keel's LN_in; False = naive residual scaling x' = LN(alpha*x + F(x))",
+    )
     final_norm: Literal["auto"] | bool = "auto"
     mix_ln_fraction: float = Field(0.25, ge=0, le=1, description="mix_ln: share of Post-LN blocks")
     qkv_norm: Literal["auto"] | bool = Field(

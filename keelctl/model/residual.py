@@ -8,13 +8,18 @@ where a scheme picks alpha and which of the two norms exist (a missing norm is t
     post_ln   x' = LN(x + F(x))                      alpha = 1, LN_out only
     deepnorm  x' = LN(a*x + F(x))                    a = (2N)^(1/4), LN_out only,
                                                      branch weights * b = (8N)^(-1/4) at init
-    keel      x' = LN_out(alpha*x + F(LN_in(x)))     alpha = L (all sub-layers), both norms
+    keel      x' = LN_out(alpha*x + F(LN_in(x)))     alpha = L (all sub-layers), both norms;
+              x' = LN(alpha*x + F(x))                keel_inner_norm false (naive scaling)
     mix_ln    post_ln for the first mix_ln_fraction of blocks, pre_ln after
     hybridnorm attention  x' = LN(x + Attn_QKV(x))     Attn_QKV normalises q, k, v per head
                FFN        x' = x + FFN(x)               (ModelConfig.qkv_norm, on by default)
 
 N = n_blocks, L = n_sublayers = 2N. Keel's first block (paper v2): the first attention sub-layer
 is Pre-LN and the first FFN uses alpha = 1; v1 makes the whole first block Pre-LN.
+keel_inner_norm = false (the naive residual scaling step of the paper's section 4.2) drops LN_in
+from every sub-layer with Keel's alpha (all of them under `none`); a v1/v2 first block keeps its
+rules (a Pre-LN sub-layer without LN_in would have no norm at all): only keel_first_block
+changes it.
 
 HybridNorm (Zhuo et al. 2025, arXiv 2503.04598, and their code) writes a block as
     Y = X + Attn_QKV(X),    X' = Norm(Y) + FFN(Norm(Y)):
@@ -67,7 +72,7 @@ def _keel(cfg: ModelConfig, i: int) -> Rule:
         return PRE_LN
     if first_block and cfg.keel_first_block == "v2":
         return PRE_LN if i == 0 else Rule(alpha=1.0, norm_in=True, norm_out=True)
-    return Rule(alpha=cfg.keel_alpha, norm_in=True, norm_out=True)
+    return Rule(alpha=cfg.keel_alpha, norm_in=cfg.keel_inner_norm, norm_out=True)
 
 
 def _mix_ln(cfg: ModelConfig, i: int) -> Rule:

@@ -209,3 +209,30 @@ def test_qkv_norm_is_hybridnorms_by_default_and_a_switch_for_any_scheme():
     assert make("hybridnorm", qkv_norm=False).blocks[0].attn.branch.qkv_norm is None
     assert make("pre_ln").blocks[0].attn.branch.qkv_norm is None
     assert make("pre_ln", qkv_norm=True).blocks[0].attn.branch.qkv_norm is not None
+
+
+@pytest.mark.parametrize("first_block", ["v2", "none"])
+def test_keel_without_inner_norm_is_naive_residual_scaling(first_block):
+    """keel_inner_norm=false: x' = LN(alpha*x + F(x)) above the first block (every sub-layer
+    under `none`); a v2 first block keeps its Pre-LN attention and alpha = 1 FFN with LN_in."""
+    L = 8
+    model = make("keel", n_blocks=L // 2, keel_first_block=first_block, keel_inner_norm=False)
+    x = torch.randn(2, 5, 16, dtype=torch.float64)
+    for i, sub in enumerate(model.sublayers):
+        F, (g_in, g_out) = sub.branch, gains(sub)
+        if first_block == "v2" and i == 0:
+            want = x + F(rms_norm(x, g_in))
+        elif first_block == "v2" and i == 1:
+            want = rms_norm(x + F(rms_norm(x, g_in)), g_out)
+        else:
+            assert g_in is None, f"sub-layer {i} still has LN_in"
+            want = rms_norm(L * x + F(x), g_out)
+        torch.testing.assert_close(sub(x), want, rtol=1e-10, atol=1e-10, msg=f"sub-layer {i}")
+
+
+def test_keel_inner_norm_combines_with_alpha_and_defaults_on():
+    assert ModelConfig().keel_inner_norm is True
+    model = make("keel", n_blocks=3, alpha=3.0, keel_inner_norm=False)
+    x = torch.randn(1, 4, 16, dtype=torch.float64)
+    sub = model.sublayers[4]
+    torch.testing.assert_close(sub(x), rms_norm(3.0 * x + sub.branch(x), gains(sub)[1]))
