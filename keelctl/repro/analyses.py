@@ -34,6 +34,26 @@ def _trained(outcomes: list[Outcome]) -> list[Outcome]:
     return [o for o in outcomes if o.summary.get("status") != "diverged"]
 
 
+def stream_ratio(curve) -> float:
+    """A GradCurve's residual-stream gradient ratio, sub-layer FROM / top (nan: too shallow)."""
+    s = curve.stream_grad_norm
+    return s[FROM] / s[-1] if len(s) > FROM + 1 else math.nan
+
+
+def grad_level(curve) -> float:
+    """|log10 stream_ratio| in decades: 0 = level (inf: the gradient at FROM vanished)."""
+    r = stream_ratio(curve)
+    return math.inf if r == 0 else abs(math.log10(r))
+
+
+def theory_ratio(cfg) -> float:
+    """The skip-path gain alone (grad_profile.theory_gain), sub-layer FROM / top."""
+    from keelctl.analysis.gradflow import theory_gain
+
+    gain = theory_gain(cfg)
+    return gain[FROM] / gain[-1] if len(gain) > FROM + 1 else math.nan
+
+
 # ---- grad-flow ------------------------------------------------------------------------------
 
 
@@ -44,7 +64,7 @@ def plan_grad_flow(ctx: Context) -> list[RunSpec]:
 def analyse_grad_flow(
     ctx: Context, outcomes: list[Outcome], report: Report, progress: Progress
 ) -> None:
-    from keelctl.analysis.gradflow import read_grads, theory_gain, write_outputs
+    from keelctl.analysis.gradflow import read_grads, write_outputs
 
     sc = ctx.scale
     curves = {}  # run dir -> (curve at step 0, curve at the last step)
@@ -77,12 +97,8 @@ def analyse_grad_flow(
         )
         progress.report(f"grad-flow {depth} sub-layers", progress.done + len(group))
 
-    def ratio(curve) -> float:
-        s = curve.stream_grad_norm
-        return s[FROM] / s[-1] if len(s) > FROM + 1 else math.nan
-
     def level(when: int):
-        return lambda o: abs(math.log10(ratio(curves[o.spec.run_dir][when])))
+        return lambda o: grad_level(curves[o.spec.run_dir][when])
 
     report.figure(
         xy_figure(
@@ -131,15 +147,14 @@ def analyse_grad_flow(
                 )
         for o in (o for o in _trained(outcomes) if o.spec.depth == depth):
             first, last = curves[o.spec.run_dir]
-            gain = theory_gain(o.spec.recipe.model)
-            theory = gain[FROM] / gain[-1] if len(gain) > FROM + 1 else math.nan
+            theory = theory_ratio(o.spec.recipe.model)
             rows.append(
                 (
                     o.spec.name,
                     o.spec.scheme,
                     depth,
-                    f"{ratio(first):.3g}",
-                    f"{ratio(last):.3g} (step {last.step})",
+                    f"{stream_ratio(first):.3g}",
+                    f"{stream_ratio(last):.3g} (step {last.step})",
                     f"{theory:.3g}",
                     f"{first.bottom_top_ratio:.3g}",
                     f"{last.bottom_top_ratio:.3g}",

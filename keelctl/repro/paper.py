@@ -45,6 +45,22 @@ GRAD_FLOW = (
     "(alpha/sqrt(alpha^2+1))^L with alpha = L is about exp(-1/(2L)), near 1 at any depth"
 )
 
+# design: what the paper (and section 4.2's design path) says of each of Keel's choices, in
+# words; the skip-path gain per sub-layer is alpha/sqrt(alpha^2+1) (the gradient view).
+DESIGN = {
+    "keel": "Keel as published: LN_out(alpha*x + F(LN_in(x))), alpha = L fixed (not learned), "
+    "v2 first block; skip gain about exp(-1/(2L)) over L sub-layers, near 1 at any depth",
+    "naive": "section 4.2's naive residual scaling LN(alpha*x + F(x)), a step before Keel; the "
+    "inner norm is what keeps the gradient through the branch healthy",
+    "alpha-1": "alpha = 1: skip gain 1/sqrt(2) per sub-layer, about 2^(-L/2) over L (Post-LN's)",
+    "alpha-L0.25": "alpha = L^(1/4), DeepNorm's order: skip gain still about exp(-sqrt(L)/2)",
+    "alpha-L0.5": "alpha = sqrt(L): not discussed; the paper's choice is alpha = L",
+    "first-v1": "the paper's v1: the whole first block Pre-LN (v2, the default, keeps a Pre-LN "
+    "attention and an alpha = 1 FFN)",
+    "first-none": "not in the paper: both versions treat the first block specially",
+    "final-norm": "unstated (every Keel sub-layer already ends in a norm)",
+}
+
 
 def paper_scores(table: dict, key, scheme: str) -> str:
     row = table.get(key)

@@ -56,6 +56,8 @@ class Scale:
     # and the held-out split's size in tokens (`keelctl eval` scores all of it; None: val_tokens)
     step_s_per_sublayer: float | None = None
     heldout_tokens: int | None = None
+    # design: Keel's section 4.2 variants (design.py), at depth-sweep's LR and steps
+    design_depths: tuple[int, ...] = ()
 
     @property
     def lr_sweep_steps(self) -> int:
@@ -86,6 +88,7 @@ MICRO = Scale(
     ablation_tokens=256,
     eval_batch_size=4,
     task_limit=4,
+    design_depths=(4,),  # the smallest depth with a sub-layer above Keel's first block
 )
 
 CPU = Scale(
@@ -109,6 +112,7 @@ CPU = Scale(
     task_limit=200,
     step_s_per_sublayer=0.0102,  # 0.65 s per step at 64 sub-layers, quiet machine, 1 thread
     heldout_tokens=245193,  # 1% of the stdlib files, measured (eval.json "tokens")
+    design_depths=(64, 256),
 )
 
 GPU = Scale(
@@ -148,6 +152,7 @@ GPU = Scale(
     max_lr_depths=(64, 512),
     max_lr_steps=5000,
     ablation_tokens=1048576,
+    design_depths=(64, 512),
 )
 
 SCALES: dict[str, Scale] = {s.name: s for s in (MICRO, CPU, GPU)}

@@ -33,10 +33,25 @@ def label(scheme: str, depth: int, lr: float, seed: int) -> str:
 
 
 def train_spec(
-    ctx: Context, scheme: str, depth: int, seed: int, lr: float, steps: int, label: str
+    ctx: Context,
+    scheme: str,
+    depth: int,
+    seed: int,
+    lr: float,
+    steps: int,
+    label: str,
+    **sections: dict,
 ) -> RunSpec:
+    """A sweep run: warm-up 10% of steps, then cosine; `sections` add recipe keys (e.g.
+    model=dict(alpha=1.0), design's variants)."""
     recipe = ctx.recipe(
-        scheme=scheme, depth=depth, seed=seed, lr=lr, steps=steps, warmup_steps=max(1, steps // 10)
+        scheme=scheme,
+        depth=depth,
+        seed=seed,
+        lr=lr,
+        steps=steps,
+        warmup_steps=max(1, steps // 10),
+        **sections,
     )
     return ctx.spec(label, recipe)
 

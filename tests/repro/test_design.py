@@ -1,0 +1,100 @@
+"""`keelctl repro design`: Keel's variants at micro scale, end to end; the baseline is
+depth-sweep's Keel run; each variant's recipe builds the model its keys name."""
+
+from __future__ import annotations
+
+import pytest
+from test_protocols import check_report
+from typer.testing import CliRunner
+
+from keelctl.cli import app
+from keelctl.model import build_model
+from keelctl.repro import make_context, plan_protocol
+from keelctl.repro.design import VARIANTS, model_keys, planned, set_flags
+from keelctl.repro.plan import recipe_hash
+from keelctl.repro.scales import MICRO
+
+
+@pytest.fixture(scope="module")
+def design_report(tmp_path_factory, micro_overrides, shared_runs, depth_sweep_report):
+    """design at micro scale, 1 seed, beside depth-sweep's report (its sibling records)."""
+    out = depth_sweep_report[0].parent.parent / "design"
+    args = ["repro", "design", "--scale", "micro", "--out", str(out)]
+    args += ["--runs-dir", str(shared_runs)]
+    for item in micro_overrides:
+        args += ["--set", item]
+    return out / "report.md", CliRunner().invoke(app, args)
+
+
+def test_design_end_to_end(design_report):
+    report, result = design_report
+    assert result.exit_code == 0, result.output
+    (depth,) = MICRO.design_depths
+    text = check_report(report, n_claims=len(VARIANTS) - 1)  # every variant against Keel
+    table = text.split(f"**{depth} sub-layers**")[1].split("![")[0]
+    rows = {line.split(" | ")[0][2:]: line for line in table.splitlines() if line.startswith("| ")}
+    assert set(VARIANTS) <= set(rows)
+    assert "--set model.keel_inner_norm=false" in rows["naive"]
+    assert "--set model.final_norm=true" in rows["final-norm"] and "unstated" in rows["final-norm"]
+    assert " 1/1 " in rows["naive"] and "n/a" not in rows["naive"]
+    assert "design-val-loss.png" in text
+    verdicts = text.split("## Verdicts")[1].split("## Results")[0]
+    assert "naive residual scaling" in verdicts and "| unstated |" in verdicts
+
+
+def test_baseline_is_depth_sweeps_keel_run(design_report, shared_runs, micro_overrides):
+    """Same label and recipe hash, so one run dir: design trains only its 7 variants."""
+    report, _ = design_report
+    depth_plan = plan_protocol(
+        make_context("depth-sweep", "micro", 1, "x", shared_runs, micro_overrides)
+    )
+    (keel,) = [s for s in depth_plan if s.scheme == "keel" and s.depth == 4]
+    (baseline,) = [
+        s
+        for v, s in planned(make_context("design", "micro", 1, "y", shared_runs, micro_overrides))
+        if v == "keel"
+    ]
+    assert baseline.run_dir == keel.run_dir
+    assert recipe_hash(baseline.recipe) == recipe_hash(keel.recipe)
+    runs = report.read_text().split("## Runs")[1].split("## Commands")[0]
+    assert runs.count("trained now") == len(VARIANTS) - 1
+    assert "from record" in runs.split(f"| {keel.name} |")[1].splitlines()[0]  # depth-sweep's
+
+
+def test_variant_recipes_build_the_models_their_keys_name(tmp_path):
+    ctx = make_context("design", "cpu", 2, tmp_path)
+    specs = dict(((v, s.depth, s.seed), s) for v, s in planned(ctx))
+    assert len(specs) == len(VARIANTS) * 2 * len(ctx.scale.design_depths)
+    assert all(
+        s.lr == ctx.scale.lr and s.recipe.trainer.max_steps == ctx.scale.steps
+        for s in specs.values()
+    )
+    L = 64
+    rules = {v: build_model(specs[v, L, 0].recipe.model).sublayers for v in VARIANTS}
+    assert all(s.rule.norm_in for s in rules["keel"])
+    assert [s.rule.norm_in for s in rules["naive"]] == [True, True] + [False] * (L - 2)
+    assert not hasattr(rules["naive"][5].norm_in, "weight")  # LN_in is the identity
+    assert {s.rule.alpha for s in rules["alpha-L0.25"][2:]} == {L**0.25}
+    assert {s.rule.alpha for s in rules["alpha-L0.5"][2:]} == {8.0}
+    assert {s.rule.alpha for s in rules["alpha-1"]} == {1.0}
+    assert not rules["first-none"][0].rule.equation.startswith("x +")
+    assert build_model(specs["final-norm", L, 0].recipe.model).norm_f is not None
+    assert build_model(specs["keel", L, 0].recipe.model).norm_f is None
+    assert set_flags(model_keys("alpha-L0.25", 256)) == "--set model.alpha=4.0"
+    assert len({s.run_dir for s in specs.values()}) == len(specs)
+
+
+def test_plan_prints_an_estimate(tmp_path):
+    result = CliRunner().invoke(
+        app, ["repro", "design", "--plan", "--seeds", "2", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "CPU-minutes left for 32 of 32 runs" in result.output
+    assert not any(tmp_path.iterdir())
+
+
+def test_train_accepts_the_inner_norm_key(tmp_path):
+    from keelctl.config import RecipeConfig, apply_overrides, recipe_from_dict
+
+    data = apply_overrides(RecipeConfig().model_dump(mode="json"), ["model.keel_inner_norm=false"])
+    assert recipe_from_dict(data).model.keel_inner_norm is False
