@@ -16,7 +16,7 @@ from keelctl.errors import KeelError
 @command("repro")
 def repro(
     protocol: str = typer.Argument(
-        ..., help="max-lr, lr-sweep, depth-sweep, grad-flow or redundancy."
+        ..., help="max-lr, lr-sweep, depth-sweep, grad-flow, redundancy, scale-map or design."
     ),
     scale: str = typer.Option("cpu", "--scale", help="micro (tests), cpu or gpu (paper shapes)."),
     seeds: int = typer.Option(1, "--seeds", help="Seeds per configuration (mean ± std if > 1)."),

@@ -19,7 +19,12 @@ from keelctl.analysis.plots import new_figure
 from keelctl.repro import paper
 from keelctl.repro.callbacks import StopWhenDiverged
 from keelctl.repro.context import Context, Protocol
-from keelctl.repro.divergence import Divergence, detect_divergence, smoothed
+from keelctl.repro.divergence import (
+    Divergence,
+    DivergenceRules,
+    detect_divergence,
+    smoothed,
+)
 from keelctl.repro.plan import Outcome, Progress, RunSpec
 from keelctl.repro.report import Report, md_table
 from keelctl.repro.verdicts import claim, fmt_group, mean_std
@@ -29,23 +34,28 @@ from keelctl.train.curves import read_metric
 BASELINES = ("pre_ln", "deepnorm", "post_ln")
 
 
+def ramp_spec(ctx: Context, scheme: str, depth: int, seed: int, steps: int, label: str) -> RunSpec:
+    """A run whose LR ramps linearly from 0 to the scale's peak over all its `steps`."""
+    recipe = ctx.recipe(
+        scheme=scheme,
+        depth=depth,
+        seed=seed,
+        lr=ctx.scale.max_lr_peak,
+        steps=steps,
+        warmup_steps=steps,
+        trainer=dict(log_every=1, val_every=steps, grad_flow_every=0),
+    )
+    return ctx.spec(label, recipe)
+
+
 def plan(ctx: Context) -> list[RunSpec]:
     sc = ctx.scale
-    specs = []
-    for depth in sc.max_lr_depths:
-        for scheme in sc.max_lr_schemes:
-            for seed in ctx.seeds:
-                recipe = ctx.recipe(
-                    scheme=scheme,
-                    depth=depth,
-                    seed=seed,
-                    lr=sc.max_lr_peak,
-                    steps=sc.max_lr_steps,
-                    warmup_steps=sc.max_lr_steps,
-                    trainer=dict(log_every=1, val_every=sc.max_lr_steps, grad_flow_every=0),
-                )
-                specs.append(ctx.spec(f"maxlr-{scheme}-L{depth}-s{seed}", recipe))
-    return specs
+    return [
+        ramp_spec(ctx, scheme, depth, seed, sc.max_lr_steps, f"maxlr-{scheme}-L{depth}-s{seed}")
+        for depth in sc.max_lr_depths
+        for scheme in sc.max_lr_schemes
+        for seed in ctx.seeds
+    ]
 
 
 def callbacks(ctx: Context):
@@ -90,21 +100,27 @@ def reference(curves: list[Curve]) -> dict[int, float]:
     return best
 
 
+def detect_group(group: list[Curve], rules: DivergenceRules) -> None:
+    """Fill each curve's divergence; the reference is the group's lowest loss at each step
+    (the group: every scheme's run at one depth, seed and ramp)."""
+    ref = reference(group)
+    for c in group:
+        c.found = detect_divergence(
+            c.steps,
+            c.losses,
+            c.lrs,
+            rules,
+            reference=[ref.get(s, math.nan) for s in c.steps],
+            total_steps=c.spec.recipe.trainer.max_steps,
+        )
+
+
 def detect(ctx: Context, curves: list[Curve]) -> None:
     """Fill each curve's divergence, against the reference of its depth and seed."""
     for depth in ctx.scale.max_lr_depths:
         for seed in ctx.seeds:
             group = [c for c in curves if c.spec.depth == depth and c.spec.seed == seed]
-            ref = reference(group)
-            for c in group:
-                c.found = detect_divergence(
-                    c.steps,
-                    c.losses,
-                    c.lrs,
-                    ctx.scale.divergence,
-                    reference=[ref.get(s, math.nan) for s in c.steps],
-                    total_steps=c.spec.recipe.trainer.max_steps,
-                )
+            detect_group(group, ctx.scale.divergence)
 
 
 def loss_vs_lr_figure(curves: list[Curve], depths: tuple[int, ...], smooth: int):

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from keelctl.errors import KeelError
-from keelctl.repro import analyses, design, max_lr, redundancy, sweeps
+from keelctl.repro import analyses, design, max_lr, redundancy, scale_map, sweeps
 from keelctl.repro.context import Context, Protocol
 from keelctl.repro.measures import measures_for
 from keelctl.repro.plan import (
@@ -46,6 +46,7 @@ PROTOCOLS: dict[str, Protocol] = {
         sweeps.DEPTH_SWEEP,
         analyses.GRAD_FLOW,
         redundancy.REDUNDANCY,
+        scale_map.SCALE_MAP,
         design.DESIGN,
     )
 }

@@ -56,6 +56,16 @@ class Scale:
     # and the held-out split's size in tokens (`keelctl eval` scores all of it; None: val_tokens)
     step_s_per_sublayer: float | None = None
     heldout_tokens: int | None = None
+    # scale-map (scale_map.py): cells depth x steps at depth-sweep's LR, cells whose sub-layer-
+    # steps (depth * steps) exceed map_max_cost left out; the "trains at all" claim also at
+    # map_trains_depths x map_trains_steps; a run "trains" below unigram_nll (nats/token, the
+    # scored validation targets' unigram entropy; None: ln(vocab_size), the uniform level)
+    map_depths: tuple[int, ...] = ()
+    map_steps: tuple[int, ...] = ()
+    map_max_cost: int | None = None
+    map_trains_depths: tuple[int, ...] = ()
+    map_trains_steps: tuple[int, ...] = ()
+    unigram_nll: float | None = None
     # design: Keel's section 4.2 variants (design.py), at depth-sweep's LR and steps
     design_depths: tuple[int, ...] = ()
 
@@ -88,6 +98,11 @@ MICRO = Scale(
     ablation_tokens=256,
     eval_batch_size=4,
     task_limit=4,
+    map_depths=(2, 4),
+    map_steps=(4, 6),  # 6 = steps: that column is depth-sweep's runs
+    map_max_cost=16,  # (4, 6) left out, as cpu's (256, 1000)
+    map_trains_depths=(8,),
+    map_trains_steps=(4,),
     design_depths=(4,),  # the smallest depth with a sub-layer above Keel's first block
 )
 
@@ -112,6 +127,12 @@ CPU = Scale(
     task_limit=200,
     step_s_per_sublayer=0.0102,  # 0.65 s per step at 64 sub-layers, quiet machine, 1 thread
     heldout_tokens=245193,  # 1% of the stdlib files, measured (eval.json "tokens")
+    map_depths=(16, 64, 256),
+    map_steps=(100, 250, 1000),  # 250 = steps: that column is depth-sweep's and grad-flow's runs
+    map_max_cost=64 * 1000,  # (256, 1000) left out: alone it costs more than the rest together
+    map_trains_depths=(1024,),
+    map_trains_steps=(100,),
+    unigram_nll=3.031,  # measured by scripts/unigram_nll.py (32768 scored validation tokens)
     design_depths=(64, 256),
 )
 
@@ -152,6 +173,11 @@ GPU = Scale(
     max_lr_depths=(64, 512),
     max_lr_steps=5000,
     ablation_tokens=1048576,
+    map_depths=(64, 128, 512),
+    map_steps=(2000, 5000, 20000),  # 20000 = steps: depth-sweep's runs
+    map_max_cost=128 * 20000,
+    map_trains_depths=(1024,),
+    map_trains_steps=(2000,),
     design_depths=(64, 512),
 )
 

@@ -1,0 +1,370 @@
+"""scale-map: where each of four claims holds, over a grid of depth (sub-layers) x training steps.
+
+Every cell (depth, steps) has its own runs, each trained from scratch with its schedule over
+`steps` (not a checkpoint of a longer run): keel, pre_ln and post_ln at depth-sweep's LR (warm-up
+over steps // 10, cosine to min_lr), and keel and pre_ln LR ramps from 0 to max-lr's peak over
+`steps` (max-lr's recipe, early stop and detector, its windows scaled to the ramp). Cells whose
+depth x steps (sub-layer-steps) exceed the scale's map_max_cost are not planned: the figures hatch
+them. The column at depth-sweep's step count is depth-sweep's and grad-flow's runs (same recipes,
+same run dirs and records). Per cell and claim:
+
+  beats       final validation loss (summary.json), Keel lower than Pre-LN; single-seed tie
+              0.01 nats/token. Interval rule (verdicts above).
+  higher-lr   max LR under the ramp (max-lr's detector; the slow and plateau rules' reference is
+              the lowest loss of Keel's and Pre-LN's ramps at the same depth, seed and ramp),
+              Keel higher than Pre-LN; tie one LR step of the ramp. Interval rule.
+  grad-level  |log10 stream-gradient ratio|, sub-layer 2 / top, at the last grads.csv step
+              (grad-flow's number; diverged runs left out), Keel lower than Post-LN; tie 10%
+              (0.041 decades). Interval rule.
+  trains      a run trains when it did not diverge and its final validation loss is below the
+              scale's unigram level (Scale.unigram_nll: the scored validation tokens' unigram
+              entropy, what a model that learned only byte frequencies reaches; ln(vocab_size),
+              the uniform level, where a scale has none). "reproduced" when every Keel seed
+              trains and every Post-LN seed fails; "opposite" when every Post-LN seed trains and
+              every Keel seed fails; "not at this scale" otherwise; "no data yet" when a side
+              has no run. Checked in every cell and also at map_trains_depths x
+              map_trains_steps (Keel and Post-LN runs only there).
+
+A claim holds first in its reproduced cell with the fewest sub-layer-steps (depth x steps),
+ties to the shallower; the report says so per claim, with the count of reproduced cells and the
+cells that have no data yet.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from keelctl.errors import KeelError
+from keelctl.repro import paper
+from keelctl.repro.analyses import GRAD_TIE, grad_level
+from keelctl.repro.callbacks import StopWhenDiverged
+from keelctl.repro.context import Context, Protocol
+from keelctl.repro.divergence import DivergenceRules
+from keelctl.repro.max_lr import Curve, detect_group, ramp_spec, read_curve
+from keelctl.repro.plan import Outcome, Progress, RunSpec
+from keelctl.repro.report import Report, md_table
+from keelctl.repro.scale_map_grid import (
+    Cell,
+    cost,
+    map_figure,
+    order,
+    smallest_sentence,
+    trains_verdict,
+)
+from keelctl.repro.scales import Scale
+from keelctl.repro.sweeps import TIE, final_loss, label, train_spec
+from keelctl.repro.verdicts import (
+    NO_DATA,
+    Verdict,
+    claim,
+    fmt_group,
+    mean_std,
+)
+
+SWEEP_SCHEMES = ("keel", "pre_ln", "post_ln")
+RAMP_SCHEMES = ("keel", "pre_ln")
+TRAINS_SCHEMES = ("keel", "post_ln")
+
+
+# ---- plan -----------------------------------------------------------------------------------
+
+
+def grid(sc: Scale) -> list[Cell]:
+    """Every depth x steps pair of the map, cheapest first."""
+    if not sc.map_depths or not sc.map_steps:
+        raise KeelError(f"scale {sc.name} has no scale map (map_depths, map_steps); use cpu")
+    return order((d, s) for d in sc.map_depths for s in sc.map_steps)
+
+
+def within(sc: Scale, cell: Cell) -> bool:
+    return sc.map_max_cost is None or cost(cell) <= sc.map_max_cost
+
+
+def map_cells(sc: Scale) -> list[Cell]:
+    """The grid's cells within the scale's budget (all four claims), cheapest first."""
+    return [c for c in grid(sc) if within(sc, c)]
+
+
+def beyond(sc: Scale) -> list[Cell]:
+    """The grid's cells over map_max_cost: not planned."""
+    return [c for c in grid(sc) if not within(sc, c)]
+
+
+def trains_cells(sc: Scale) -> list[Cell]:
+    """The extra cells of the "trains" claim (Keel and Post-LN only), cheapest first."""
+    extra = [(d, s) for d in sc.map_trains_depths for s in sc.map_trains_steps]
+    return order(c for c in extra if c not in map_cells(sc))
+
+
+def sweep_spec(ctx: Context, scheme: str, depth: int, steps: int, seed: int) -> RunSpec:
+    """A run at depth-sweep's LR and schedule shape over `steps`; at depth-sweep's own steps it
+    is depth-sweep's (and grad-flow's) run: same label and recipe, so the same run dir."""
+    lr = ctx.scale.lr
+    name = label(scheme, depth, lr, seed)
+    if steps != ctx.scale.steps:
+        name = f"{scheme}-L{depth}-lr{lr:g}-steps{steps}-s{seed}"
+    return train_spec(ctx, scheme, depth, seed, lr, steps, name)
+
+
+def map_ramp_spec(ctx: Context, scheme: str, depth: int, steps: int, seed: int) -> RunSpec:
+    """max-lr's ramp over `steps`; at max-lr's own ramp length it is max-lr's run."""
+    name = f"maxlr-{scheme}-L{depth}-s{seed}"
+    if steps != ctx.scale.max_lr_steps:
+        name = f"maxlr-{scheme}-L{depth}-steps{steps}-s{seed}"
+    return ramp_spec(ctx, scheme, depth, seed, steps, name)
+
+
+def plan(ctx: Context) -> list[RunSpec]:
+    """Cheapest cells first, seed before scheme: a sweep cut short leaves whole small cells."""
+    specs = []
+    for depth, steps in map_cells(ctx.scale):
+        for seed in ctx.seeds:
+            specs += [sweep_spec(ctx, k, depth, steps, seed) for k in SWEEP_SCHEMES]
+            specs += [map_ramp_spec(ctx, k, depth, steps, seed) for k in RAMP_SCHEMES]
+    for depth, steps in trains_cells(ctx.scale):
+        for seed in ctx.seeds:
+            specs += [sweep_spec(ctx, k, depth, steps, seed) for k in TRAINS_SCHEMES]
+    return specs
+
+
+def is_ramp(spec: RunSpec) -> bool:
+    return spec.name.startswith("maxlr-")
+
+
+def callbacks(ctx: Context):
+    """max-lr's early stop on the ramps, with the detector's windows scaled to each ramp."""
+
+    def for_spec(spec: RunSpec) -> list:
+        steps = spec.recipe.trainer.max_steps
+        return [StopWhenDiverged(DivergenceRules.for_ramp(steps), steps)] if is_ramp(spec) else []
+
+    return for_spec
+
+
+# ---- verdicts -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MapClaim:
+    key: str  # the figure's file name
+    text: str
+    paper: str
+    baseline: str
+    measure: str  # what the number is, for the table's caption
+
+
+CLAIMS = (
+    MapClaim(
+        "beats",
+        "Keel reaches a lower final validation loss than Pre-LN",
+        "Table 3: higher average score at every depth, 64..1024 layers",
+        "pre_ln",
+        "final validation loss (nats/token, summary.json)",
+    ),
+    MapClaim(
+        "higher-lr",
+        "Keel tolerates a higher LR than Pre-LN",
+        "Table 1: keel "
+        + ", ".join(
+            f"{v['keel']:.3g} vs pre_ln {v['pre_ln']:.3g} at {d}" for d, v in paper.MAX_LR.items()
+        )
+        + " layers",
+        "pre_ln",
+        "max LR under the ramp (last LR before the detector's divergence)",
+    ),
+    MapClaim(
+        "grad-level",
+        "Keel's stream gradient holds level better than Post-LN's after training",
+        paper.GRAD_FLOW,
+        "post_ln",
+        "|log10 stream-gradient ratio|, sub-layer 2 / top, last grads.csv step (0 = level)",
+    ),
+    MapClaim(
+        "trains",
+        "Keel trains where Post-LN fails",
+        "section 1: Post-LN fails to train deep stacks; Keel trains at 1024 layers",
+        "post_ln",
+        "runs that trained (not diverged, final validation loss below the unigram level)",
+    ),
+)
+
+
+def unigram_level(ctx: Context, outcomes: list[Outcome]) -> tuple[float, str]:
+    """The "trains" threshold and where it comes from."""
+    if ctx.scale.unigram_nll is not None:
+        return ctx.scale.unigram_nll, "Scale.unigram_nll, measured by scripts/unigram_nll.py"
+    vocab = outcomes[0].spec.recipe.model.vocab_size if outcomes else 1
+    return math.log(vocab), f"ln(vocab_size {vocab}): this scale has no measured unigram level"
+
+
+def _cell(o: Outcome) -> Cell:
+    return (o.spec.depth, o.spec.recipe.trainer.max_steps)
+
+
+def _values(outcomes, cell: Cell, scheme: str, value: Callable[[Outcome], float]) -> list[float]:
+    return [value(o) for o in outcomes if _cell(o) == cell and o.spec.scheme == scheme]
+
+
+@dataclass(frozen=True)
+class CellResult:
+    verdict: Verdict
+    note: str  # the figure's annotation: the two means (or counts) and n
+    keel: str  # the table's columns
+    base: str
+
+
+def _interval_cells(cells, mc: MapClaim, outcomes, value, better, tie, fmt) -> dict:
+    """Per cell, the interval rule on value(run) of Keel's and the baseline's runs there;
+    tie(cell) is the single-seed tie band."""
+    out = {}
+    for cell in cells:
+        a = _values(outcomes, cell, "keel", value)
+        b = _values(outcomes, cell, mc.baseline, value)
+        v = claim(
+            _claim_text(cell, mc), mc.paper, a, b, better, tie(cell), fmt, ("keel", mc.baseline)
+        )
+
+        def m(xs):
+            return f"{mean_std(xs)[0]:{fmt}}" if xs else "-"
+
+        note = f"{m(a)} vs {m(b)}\nn={len(a)}/{len(b)}"
+        out[cell] = CellResult(v, note, fmt_group(a, fmt), fmt_group(b, fmt))
+    return out
+
+
+def _claim_text(cell: Cell, mc: MapClaim) -> str:
+    return f"{cell[0]} sub-layers, {cell[1]} steps: {mc.text}"
+
+
+def _trains_cells(cells, mc: MapClaim, outcomes, level: float) -> dict:
+    out = {}
+    for cell in cells:
+        loss = {k: _values(outcomes, cell, k, final_loss) for k in ("keel", mc.baseline)}
+        ok = {k: [x < level for x in v] for k, v in loss.items()}  # nan (diverged): fails
+        verdict = trains_verdict(ok["keel"], ok[mc.baseline])
+        text = {
+            k: f"{sum(ok[k])} of {len(ok[k])} train (loss {fmt_group(loss[k], '.3g')})"
+            for k in loss
+        }
+        rule = f"trains: not diverged and loss < {level:.4g}; " + (
+            "a side has no finished run yet"
+            if verdict == NO_DATA
+            else f"reproduced iff every keel seed trains and every {mc.baseline} seed fails"
+        )
+        ours = f"keel {text['keel']} vs {mc.baseline} {text[mc.baseline]}"
+        v = Verdict(_claim_text(cell, mc), mc.paper, ours, verdict, rule)
+        counts = [f"{sum(ok[k])}/{len(ok[k])}" for k in ("keel", mc.baseline)]
+        note = f"{counts[0]} vs {counts[1]}\ntrain"
+        out[cell] = CellResult(v, note, text["keel"], text[mc.baseline])
+    return out
+
+
+# ---- analysis -------------------------------------------------------------------------------
+
+
+def max_lrs(ramps: list[Outcome]) -> dict:
+    """Each ramp run's max LR (run dir -> LR), its divergence detected against the other
+    scheme's ramp at the same depth, seed and ramp length (max-lr's code path)."""
+    curves: list[Curve] = [read_curve(o) for o in ramps]
+    for key in {(c.spec.depth, c.spec.seed, c.spec.recipe.trainer.max_steps) for c in curves}:
+        group = [
+            c for c in curves if (c.spec.depth, c.spec.seed, c.spec.recipe.trainer.max_steps) == key
+        ]
+        detect_group(group, DivergenceRules.for_ramp(key[2]))
+    return {c.spec.run_dir: c.max_lr for c in curves}
+
+
+def analyse(ctx: Context, outcomes: list[Outcome], report: Report, progress: Progress) -> None:
+    from keelctl.analysis.gradflow import read_grads
+
+    sc = ctx.scale
+    cells = map_cells(sc)
+    runs = [o for o in outcomes if not is_ramp(o.spec)]
+    ramps = [o for o in outcomes if is_ramp(o.spec)]
+    lrs = max_lrs(ramps)
+    progress.report("scale-map: max LRs", progress.done + len(ramps))
+    level, source = unigram_level(ctx, outcomes)
+    trained = [o for o in runs if o.summary.get("status") != "diverged"]
+
+    def last_level(o: Outcome) -> float:
+        return grad_level(read_grads(o.record).select(["last"])[0])
+
+    beats, higher, grads, trains = CLAIMS
+    results = {
+        beats: _interval_cells(cells, beats, runs, final_loss, "lower", lambda c: TIE, ".3f"),
+        higher: _interval_cells(
+            cells,
+            higher,
+            ramps,
+            lambda o: lrs[o.spec.run_dir],
+            "higher",
+            lambda c: sc.max_lr_peak / c[1],  # one LR step of the cell's ramp
+            ".3g",
+        ),
+        grads: _interval_cells(
+            cells, grads, trained, last_level, "lower", lambda c: GRAD_TIE, ".2f"
+        ),
+        trains: _trains_cells(cells + trains_cells(sc), trains, runs, level),
+    }
+    progress.report("scale-map: verdicts", progress.total)
+    report.add(_setup_text(ctx, level, source))
+    report.add(
+        "\n".join(
+            f"- {smallest_sentence(mc.text, {c: r.verdict.verdict for c, r in res.items()})}"
+            for mc, res in results.items()
+        )
+    )
+    for mc, res in results.items():
+        report.verdicts.extend(r.verdict for r in res.values())
+        report.add(f"### {mc.text}")
+        report.figure(
+            map_figure(
+                f"{mc.text}\n(cell: keel vs {mc.baseline}; {mc.measure.split(' (')[0]})",
+                {c: (r.verdict.verdict, r.note) for c, r in res.items()},
+            ),
+            f"scale-map-{mc.key}.png",
+            f"{mc.text}: verdict per cell, depth (sub-layers) x training steps",
+        )
+        rows = [
+            (f"{d} x {s}", d * s, r.keel, r.base, f"**{r.verdict.verdict}**")
+            for (d, s), r in res.items()
+        ]
+        report.add(
+            f"Number per run: {mc.measure}.",
+            md_table(
+                ("sub-layers x steps", "sub-layer-steps", "keel", mc.baseline, "verdict"), rows
+            ),
+        )
+
+
+def _setup_text(ctx: Context, level: float, source: str) -> str:
+    sc = ctx.scale
+    over = ", ".join(f"{d} x {s}" for d, s in beyond(sc)) or "none"
+    extra = ", ".join(f"{d} x {s}" for d, s in trains_cells(sc)) or "none"
+    return (
+        f"Grid: depths {', '.join(map(str, sc.map_depths))} sub-layers x "
+        f"{', '.join(map(str, sc.map_steps))} training steps; a cell is planned when depth x "
+        f"steps is at most {sc.map_max_cost} sub-layer-steps. **Beyond this scale's budget, not "
+        f"planned (hatched): {over}.** Per cell and seed: keel, pre_ln and post_ln at LR "
+        f"{sc.lr:g} (warm-up over 10% of the cell's steps, cosine to min_lr over them: each cell "
+        "is its own run, not a checkpoint of a longer one), and keel and pre_ln LR ramps from 0 "
+        f"to {sc.max_lr_peak:g} over the cell's steps. The {sc.steps}-step column is "
+        "depth-sweep's and grad-flow's runs. Extra cells of the 'trains' claim (keel and "
+        f"post_ln only): {extra}. A run trains when it did not diverge and its final validation "
+        f"loss is below {level:.4g} nats/token ({source}). Cell annotations: keel's mean vs the "
+        "baseline's, n = runs per side."
+    )
+
+
+SCALE_MAP = Protocol(
+    name="scale-map",
+    title="where each claim holds, over depth x training steps",
+    claim="Keel beats Pre-LN, tolerates a higher LR than Pre-LN, keeps its gradient level where "
+    "Post-LN's vanishes, and trains where Post-LN fails; each mapped over depth (sub-layers) x "
+    "training steps to the smallest cell where it holds.",
+    plan=plan,
+    analyse=analyse,
+    callbacks=callbacks,
+)
