@@ -3,13 +3,16 @@ depth-sweep's Keel run; each variant's recipe builds the model its keys name."""
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 from test_protocols import check_report
 from typer.testing import CliRunner
 
 from keelctl.cli import app
-from keelctl.model import build_model
-from keelctl.repro import make_context, plan_protocol
+from keelctl.model import build_model, sublayer_rules
+from keelctl.repro import make_context, plan_protocol, run_protocol
 from keelctl.repro.design import VARIANTS, model_keys, planned, set_flags
 from keelctl.repro.plan import recipe_hash
 from keelctl.repro.scales import MICRO
@@ -61,6 +64,22 @@ def test_baseline_is_depth_sweeps_keel_run(design_report, shared_runs, micro_ove
     assert "from record" in runs.split(f"| {keel.name} |")[1].splitlines()[0]  # depth-sweep's
 
 
+def test_partial_grid_lists_missing_runs_and_says_n(design_report, tmp_path, micro_overrides):
+    """From the recorded seed 0 with --seeds 2 --report-only: seed 1's 8 runs are listed as
+    missing and n is 1/2; with no record at all every cell is n/a and every claim no data."""
+    report, _ = design_report
+    out = tmp_path / "design"
+    shutil.copytree(report.parent, out)
+    runs = tmp_path / "runs"
+    text = run_protocol("design", "micro", 2, out, runs, micro_overrides, train=False).read_text()
+    assert f"Partial report: {len(VARIANTS)} planned run(s) have no record yet" in text
+    assert text.count("| 1/2 |") == len(VARIANTS) and not runs.exists()
+    alone = tmp_path / "alone" / "design"  # no sibling report folder to take records from
+    text = run_protocol("design", "micro", 1, alone, runs, micro_overrides, train=False).read_text()
+    assert f"{len(VARIANTS) - 1} no data yet (of {len(VARIANTS) - 1} claims)" in text
+    assert text.count("| 0/1 | n/a | n/a |") == len(VARIANTS)
+
+
 def test_variant_recipes_build_the_models_their_keys_name(tmp_path):
     ctx = make_context("design", "cpu", 2, tmp_path)
     specs = dict(((v, s.depth, s.seed), s) for v, s in planned(ctx))
@@ -93,8 +112,15 @@ def test_plan_prints_an_estimate(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def test_train_accepts_the_inner_norm_key(tmp_path):
-    from keelctl.config import RecipeConfig, apply_overrides, recipe_from_dict
+def test_train_reads_the_inner_norm_key_from_set():
+    """What `keelctl train recipes/keel-64-sublayers.yaml --set model.keel_inner_norm=false`
+    builds (train's load_recipe with its overrides); a non-boolean is a one-line error."""
+    from keelctl.config import load_recipe
+    from keelctl.errors import KeelError
 
-    data = apply_overrides(RecipeConfig().model_dump(mode="json"), ["model.keel_inner_norm=false"])
-    assert recipe_from_dict(data).model.keel_inner_norm is False
+    recipe = Path(__file__).parents[2] / "recipes" / "keel-64-sublayers.yaml"
+    cfg = load_recipe(recipe, ["model.keel_inner_norm=false", "model.n_blocks=3"]).model
+    assert [r.norm_in for r in sublayer_rules(cfg)] == [True, True, False, False, False, False]
+    assert load_recipe(recipe).model.keel_inner_norm is True
+    with pytest.raises(KeelError, match="keel_inner_norm"):
+        load_recipe(recipe, ["model.keel_inner_norm=maybe"])
