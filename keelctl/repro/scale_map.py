@@ -14,7 +14,7 @@ same run dirs and records). Per cell and claim:
               the lowest loss of Keel's and Pre-LN's ramps at the same depth, seed and ramp),
               Keel higher than Pre-LN; tie one LR step of the ramp. Interval rule.
   grad-level  |log10 stream-gradient ratio|, sub-layer 2 / top, at the last grads.csv step
-              (grad-flow's number; diverged runs left out), Keel lower than Post-LN; tie 10%
+              (grad-flow's number; a diverged run's is not finite), Keel lower than Post-LN; tie 10%
               (0.041 decades). Interval rule.
   trains      a run trains when it did not diverge and its final validation loss is below the
               scale's unigram level (Scale.unigram_nll: the scored validation tokens' unigram
@@ -184,19 +184,27 @@ CLAIMS = (
     MapClaim(
         "trains",
         "Keel trains where Post-LN fails",
-        "section 1: Post-LN fails to train deep stacks; Keel trains at 1024 layers",
+        "Keel trains at 1024 layers (Table 3); Post-LN's bottom gradient shrinks ~2^(-L/2)",
         "post_ln",
         "runs that trained (not diverged, final validation loss below the unigram level)",
     ),
 )
 
 
+# --set keys that leave the scored validation tokens as they are
+_SAME_TOKENS = ("data.cache_dir=", "data.num_workers=", "data.workers=")
+
+
 def unigram_level(ctx: Context, outcomes: list[Outcome]) -> tuple[float, str]:
-    """The "trains" threshold and where it comes from."""
-    if ctx.scale.unigram_nll is not None:
+    """The "trains" threshold and where it comes from: the scale's measured unigram level,
+    unless there is none or a --set data.* key may have changed the validation tokens."""
+    changed = [o for o in ctx.overrides if o.startswith("data.") and not o.startswith(_SAME_TOKENS)]
+    if ctx.scale.unigram_nll is not None and not changed:
         return ctx.scale.unigram_nll, "Scale.unigram_nll, measured by scripts/unigram_nll.py"
-    vocab = outcomes[0].spec.recipe.model.vocab_size if outcomes else 1
-    return math.log(vocab), f"ln(vocab_size {vocab}): this scale has no measured unigram level"
+    model = outcomes[0].spec.recipe.model if outcomes else None
+    vocab = model.vocab_size if model else ctx.scale.recipe["model"]["vocab_size"]
+    why = f"--set {changed[0]} may change the data" if changed else "no measured unigram level"
+    return math.log(vocab), f"ln(vocab_size {vocab}), the uniform level: {why}"
 
 
 def _cell(o: Outcome) -> Cell:
@@ -238,16 +246,20 @@ def _claim_text(cell: Cell, mc: MapClaim) -> str:
     return f"{cell[0]} sub-layers, {cell[1]} steps: {mc.text}"
 
 
+def _losses(values: list[float]) -> str:
+    """The finite final losses (mean ± std), and how many runs diverged (a nan loss)."""
+    finite = [v for v in values if math.isfinite(v)]
+    text = f"loss {fmt_group(finite, '.3g')}"
+    return text + (f", {len(values) - len(finite)} diverged" if len(finite) < len(values) else "")
+
+
 def _trains_cells(cells, mc: MapClaim, outcomes, level: float) -> dict:
     out = {}
     for cell in cells:
         loss = {k: _values(outcomes, cell, k, final_loss) for k in ("keel", mc.baseline)}
         ok = {k: [x < level for x in v] for k, v in loss.items()}  # nan (diverged): fails
         verdict = trains_verdict(ok["keel"], ok[mc.baseline])
-        text = {
-            k: f"{sum(ok[k])} of {len(ok[k])} train (loss {fmt_group(loss[k], '.3g')})"
-            for k in loss
-        }
+        text = {k: f"{sum(ok[k])} of {len(ok[k])} train ({_losses(v)})" for k, v in loss.items()}
         rule = f"trains: not diverged and loss < {level:.4g}; " + (
             "a side has no finished run yet"
             if verdict == NO_DATA
@@ -286,9 +298,10 @@ def analyse(ctx: Context, outcomes: list[Outcome], report: Report, progress: Pro
     lrs = max_lrs(ramps)
     progress.report("scale-map: max LRs", progress.done + len(ramps))
     level, source = unigram_level(ctx, outcomes)
-    trained = [o for o in runs if o.summary.get("status") != "diverged"]
 
-    def last_level(o: Outcome) -> float:
+    def last_level(o: Outcome) -> float:  # a diverged run's is not finite, not missing
+        if o.summary.get("status") == "diverged":
+            return math.nan
         return grad_level(read_grads(o.record).select(["last"])[0])
 
     beats, higher, grads, trains = CLAIMS
@@ -303,9 +316,7 @@ def analyse(ctx: Context, outcomes: list[Outcome], report: Report, progress: Pro
             lambda c: sc.max_lr_peak / c[1],  # one LR step of the cell's ramp
             ".3g",
         ),
-        grads: _interval_cells(
-            cells, grads, trained, last_level, "lower", lambda c: GRAD_TIE, ".2f"
-        ),
+        grads: _interval_cells(cells, grads, runs, last_level, "lower", lambda c: GRAD_TIE, ".2f"),
         trains: _trains_cells(cells + trains_cells(sc), trains, runs, level),
     }
     progress.report("scale-map: verdicts", progress.total)

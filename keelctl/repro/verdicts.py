@@ -38,9 +38,12 @@ class Verdict:
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
+    """Mean and sample standard deviation (0 for a single value; nan when a value is not
+    finite, e.g. a diverged run's loss: statistics.stdev cannot take one)."""
     m = statistics.fmean(values)
-    return m, (statistics.stdev(values) if len(values) > 1 else 0.0)
+    if len(values) < 2:
+        return m, 0.0
+    return m, (statistics.stdev(values) if all(map(math.isfinite, values)) else math.nan)
 
 
 def fmt_group(values: Sequence[float], fmt: str = ".4g") -> str:

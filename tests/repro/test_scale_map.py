@@ -5,6 +5,7 @@ end to end at micro scale through the CLI."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 
 import pytest
@@ -14,6 +15,7 @@ from keelctl.cli import app
 from keelctl.errors import KeelError
 from keelctl.repro import make_context, max_lr, plan_protocol, scale_map
 from keelctl.repro.context import Context
+from keelctl.repro.plan import Outcome
 from keelctl.repro.scale_map_grid import smallest_sentence, trains_verdict
 from keelctl.repro.scales import MICRO, get_scale
 from keelctl.repro.verdicts import NO_DATA, NOT_AT_SCALE, OPPOSITE, REPRODUCED
@@ -84,6 +86,71 @@ def test_trains_rule():
     assert trains_verdict([True], [False]) == REPRODUCED + " (single seed)"
     assert trains_verdict([], [False]) == NO_DATA
     assert trains_verdict([True], []) == NO_DATA
+
+
+def test_trains_threshold_is_the_measured_unigram_level_unless_the_data_changed(tmp_path):
+    def level(scale, *overrides):
+        ctx = make_context("scale-map", scale, 1, tmp_path, None, overrides)
+        return scale_map.unigram_level(ctx, [])[0]
+
+    assert level("cpu") == level("cpu", "data.cache_dir=/x") == 3.031
+    assert level("cpu", "data.corpus=/x") == pytest.approx(math.log(257))  # uniform level
+    assert level("micro") == pytest.approx(math.log(257))  # micro has no measured level
+
+
+def test_trains_cells_from_run_summaries(tmp_path):
+    """A run trains below the level and not diverged: a diverged run with a low loss fails."""
+    ctx = make_context("scale-map", "micro", 2, tmp_path, None)
+    specs = {(s.scheme, s.seed): s for s in plan_protocol(ctx) if s.depth == 8}
+
+    def run(scheme, seed, loss, status="finished"):
+        summary = {"final_val_loss": loss, "status": status}
+        return Outcome(specs[(scheme, seed)], tmp_path, summary, "from record")
+
+    trains = scale_map.CLAIMS[3]
+    outcomes = [run("keel", 0, 2.9), run("keel", 1, 3.0), run("post_ln", 0, 3.5)]
+    outcomes.append(run("post_ln", 1, 1.0, status="diverged"))
+    result = scale_map._trains_cells([(8, 4)], trains, outcomes, level=3.031)[(8, 4)]
+    assert result.verdict.verdict == REPRODUCED
+    assert result.keel.startswith("2 of 2 train") and result.base.startswith("0 of 2 train")
+    outcomes[1] = run("keel", 1, 3.1)  # above the unigram level: a Keel seed fails
+    result = scale_map._trains_cells([(8, 4)], trains, outcomes, level=3.031)[(8, 4)]
+    assert result.verdict.verdict == NOT_AT_SCALE and result.note == "1/2 vs 0/2\ntrain"
+
+
+def test_a_diverged_seed_makes_a_cell_not_finite_not_a_crash(tmp_path):
+    ctx = make_context("scale-map", "micro", 2, tmp_path, None)
+    specs = {
+        (s.scheme, s.seed): s
+        for s in plan_protocol(ctx)
+        if (s.depth, s.recipe.trainer.max_steps, s.lr) == (2, 4, 3e-3)
+    }
+    summaries = {
+        ("keel", 0): 2.0,
+        ("keel", 1): 2.1,
+        ("pre_ln", 0): 3.0,
+        ("pre_ln", 1): None,  # diverged: summary.json status "diverged"
+    }
+    outcomes = [
+        Outcome(
+            specs[k],
+            tmp_path,
+            {"final_val_loss": v, "status": "diverged" if v is None else "finished"},
+            "from record",
+        )
+        for k, v in summaries.items()
+    ]
+    beats = scale_map.CLAIMS[0]
+    result = scale_map._interval_cells(
+        [(2, 4)], beats, outcomes, scale_map.final_loss, "lower", lambda c: 0.01, ".3f"
+    )[(2, 4)]
+    assert result.verdict.verdict == NOT_AT_SCALE + " (not finite)"
+    assert result.keel == "2.050 ± 0.071 (n=2)" and result.base == "nan ± nan (n=2)"
+    del outcomes[3]  # Pre-LN's finished seed alone: a single-seed comparison
+    result = scale_map._interval_cells(
+        [(2, 4)], beats, outcomes, scale_map.final_loss, "lower", lambda c: 0.01, ".3f"
+    )[(2, 4)]
+    assert result.verdict.verdict == REPRODUCED + " (single seed)"  # 3.0 - 2.05 > 0.01
 
 
 def test_smallest_cell_sentence():
