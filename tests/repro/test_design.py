@@ -77,7 +77,7 @@ def test_partial_grid_lists_missing_runs_and_says_n(design_report, tmp_path, mic
     alone = tmp_path / "alone" / "design"  # no sibling report folder to take records from
     text = run_protocol("design", "micro", 1, alone, runs, micro_overrides, train=False).read_text()
     assert f"{len(VARIANTS) - 1} no data yet (of {len(VARIANTS) - 1} claims)" in text
-    assert text.count("| 0/1 | n/a | n/a |") == len(VARIANTS)
+    assert text.count("| 0/1 | n/a |") == len(VARIANTS)  # n, val loss
 
 
 def test_variant_recipes_build_the_models_their_keys_name(tmp_path):
@@ -124,3 +124,13 @@ def test_train_reads_the_inner_norm_key_from_set():
     assert load_recipe(recipe).model.keel_inner_norm is True
     with pytest.raises(KeelError, match="keel_inner_norm"):
         load_recipe(recipe, ["model.keel_inner_norm=maybe"])
+
+
+def test_gpu_plan_uses_the_papers_shapes_at_two_depths(tmp_path):
+    specs = plan_protocol(make_context("design", "gpu", 2, tmp_path))
+    assert {s.depth for s in specs} == {64, 512} and len(specs) == len(VARIANTS) * 2 * 2
+    for spec in specs:
+        m = spec.recipe.model
+        assert (m.d_model, m.hidden, m.n_heads, m.kv_heads) == (1024, 3072, 16, 8)
+        assert m.residual == "keel"
+        assert spec.recipe.trainer.precision == "bf16-mixed" and not spec.run_dir.exists()
