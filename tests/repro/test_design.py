@@ -101,6 +101,9 @@ def test_variant_recipes_build_the_models_their_keys_name(tmp_path):
     assert build_model(specs["keel", L, 0].recipe.model).norm_f is None
     assert set_flags(model_keys("alpha-L0.25", 256)) == "--set model.alpha=4.0"
     assert len({s.run_dir for s in specs.values()}) == len(specs)
+    sweep = {s.run_dir for s in plan_protocol(make_context("depth-sweep", "cpu", 2, tmp_path))}
+    assert {s.run_dir for (v, _, _), s in specs.items() if v == "keel"} <= sweep
+    assert not {s.run_dir for (v, _, _), s in specs.items() if v != "keel"} & sweep
 
 
 def test_plan_prints_an_estimate(tmp_path):
