@@ -6,7 +6,9 @@ variant runs alone as `keelctl train RECIPE --set model.KEY=VALUE`. Per variant 
 final validation loss (summary.json: the run's fixed validation set after the last step), the
 gradient level after training (|log10| of the residual-stream gradient ratio, sub-layer 2 / top,
 from the record's grads.csv: grad-flow's number), the skip-path gain of the paper's formula
-alpha/sqrt(alpha^2+1) per sub-layer over the same span, and the seeds that diverged. Claims: Keel
+alpha/sqrt(alpha^2+1) per sub-layer over the same span, and the seeds that diverged; beside the
+loss, Δ = the variant's loss minus Keel's at the same seed (same data order, so most seed noise
+cancels: shown for reading, the verdicts keep the stated rule). Claims: Keel
 as published (inner norm, alpha = L, v2 first block, no final norm) reaches a lower validation
 loss than each variant; the paper leaves the final norm unstated, so that claim is keelctl's
 default (none) against a final norm. A diverged run's loss is not finite (see the rules).
