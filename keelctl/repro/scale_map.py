@@ -316,7 +316,7 @@ def analyse(ctx: Context, outcomes: list[Outcome], report: Report, progress: Pro
             lambda c: sc.max_lr_peak / c[1],  # one LR step of the cell's ramp
             ".3g",
         ),
-        grads: _interval_cells(cells, grads, runs, last_level, "lower", lambda c: GRAD_TIE, ".2f"),
+        grads: _interval_cells(cells, grads, runs, last_level, "lower", lambda c: GRAD_TIE, ".3g"),
         trains: _trains_cells(cells + trains_cells(sc), trains, runs, level),
     }
     progress.report("scale-map: verdicts", progress.total)
@@ -361,8 +361,13 @@ def _setup_text(ctx: Context, level: float, source: str) -> str:
         f"planned (hatched): {over}.** Per cell and seed: keel, pre_ln and post_ln at LR "
         f"{sc.lr:g} (warm-up over 10% of the cell's steps, cosine to min_lr over them: each cell "
         "is its own run, not a checkpoint of a longer one), and keel and pre_ln LR ramps from 0 "
-        f"to {sc.max_lr_peak:g} over the cell's steps. The {sc.steps}-step column is "
-        "depth-sweep's and grad-flow's runs. Extra cells of the 'trains' claim (keel and "
+        f"to {sc.max_lr_peak:g} over the cell's steps. "
+        + (
+            f"The {sc.steps}-step column is depth-sweep's and grad-flow's runs. "
+            if sc.steps in sc.map_steps
+            else ""
+        )
+        + "Extra cells of the 'trains' claim (keel and "
         f"post_ln only): {extra}. A run trains when it did not diverge and its final validation "
         f"loss is below {level:.4g} nats/token ({source}). Cell annotations: keel's mean vs the "
         "baseline's, n = runs per side."
