@@ -56,7 +56,7 @@ def repro(
     ctx = make_context(protocol, scale, seeds, out, runs_dir, overrides)
     only = _depths(depths)
     if plan_only:
-        _print_plan(ctx, plan_protocol(ctx), jobs)
+        _print_plan(ctx, plan_protocol(ctx), jobs, only)
         return
     columns = (
         TextColumn("{task.description}"),
@@ -97,10 +97,11 @@ def _depths(text: str | None) -> list[int] | None:
         raise KeelError(f"--depths {text!r}: give sub-layer counts separated by commas") from None
 
 
-def _print_plan(ctx, specs, jobs: int) -> None:
+def _print_plan(ctx, specs, jobs: int, only: list[int] | None) -> None:
     from keelctl.repro.budget import run_s
-    from keelctl.repro.protocol import get_protocol
+    from keelctl.repro.protocol import check_depths, get_protocol
 
+    check_depths(specs, only)
     measures = get_protocol(ctx.protocol).measures
     table = Table(title=f"repro {ctx.protocol} --scale {ctx.scale.name}: plan (sub-layers)")
     for col in ("run", "scheme", "sub-layers", "seed", "lr", "steps", "tokens/step", "left"):
@@ -108,7 +109,8 @@ def _print_plan(ctx, specs, jobs: int) -> None:
     costs = []
     for spec in specs:
         r, per_step = spec.recipe, spec.recipe.sequences_per_step
-        cost = run_s(ctx.scale, spec, ctx.out, measures)
+        skipped = only is not None and spec.depth not in only
+        cost = 0 if skipped else run_s(ctx.scale, spec, ctx.out, measures)
         costs.append(cost)
         table.add_row(
             spec.name,
@@ -118,7 +120,11 @@ def _print_plan(ctx, specs, jobs: int) -> None:
             f"{spec.lr:g}",
             str(r.trainer.max_steps),
             f"{per_step * r.data.seq_len:,}" if per_step else "auto",
-            "?" if cost is None else ("recorded" if cost == 0 else f"{cost / 60:.1f} min"),
+            "not this call"
+            if skipped
+            else "?"
+            if cost is None
+            else ("recorded" if cost == 0 else f"{cost / 60:.1f} min"),
         )
     console.print(table)
     if None in costs:

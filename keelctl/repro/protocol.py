@@ -86,6 +86,15 @@ def plan_protocol(ctx: Context) -> list[RunSpec]:
     return unique(get_protocol(ctx.protocol).plan(ctx))
 
 
+def check_depths(specs: Sequence[RunSpec], depths: Sequence[int] | None) -> None:
+    """--depths names only depths that the plan has."""
+    unknown = sorted(set(depths or ()) - {s.depth for s in specs})
+    if unknown:
+        raise KeelError(
+            f"--depths {unknown} not in this plan; use some of {sorted({s.depth for s in specs})}"
+        )
+
+
 def repro_command(ctx: Context) -> str:
     args = [
         "keelctl",
@@ -125,11 +134,7 @@ def run_protocol(
     if jobs < 1:
         raise KeelError(f"--jobs must be at least 1, got {jobs}")
     specs = plan_protocol(ctx)
-    unknown = sorted(set(depths or ()) - {s.depth for s in specs})
-    if unknown:
-        raise KeelError(
-            f"--depths {unknown} not in this plan; use some of {sorted({s.depth for s in specs})}"
-        )
+    check_depths(specs, depths)
     load_at_start = os.getloadavg()[0]
     started = time.perf_counter()
     recipe_paths = write_recipes(specs, ctx.out / "recipes")

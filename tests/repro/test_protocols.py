@@ -265,6 +265,12 @@ def test_plan_cli_and_bad_arguments(tmp_path):
     )
     assert result.exit_code == 0 and "hybridnorm" in result.output
     assert "CPU-minutes left for 36 of 36 runs" in result.output and "--jobs 2" in result.output
+    result = runner.invoke(
+        app, ["repro", "max-lr", "--plan", "--seeds", "3", "--depths", "64", "--out", str(tmp_path)]
+    )
+    # --depths: the other depth's runs are listed but not counted
+    assert result.exit_code == 0 and "CPU-minutes left for 18 of 36 runs" in result.output
+    assert result.output.count("not this call") == 18
     assert not any(tmp_path.iterdir())  # a plan writes nothing
     for args, message in (
         (["nope"], "unknown protocol"),
@@ -272,6 +278,7 @@ def test_plan_cli_and_bad_arguments(tmp_path):
         (["max-lr", "--seeds", "0"], "--seeds must be at least 1"),
         (["max-lr", "--plan", "--set", "model.d_model=-1"], "d_model"),
         (["max-lr", "--depths", "16,x"], "--depths"),
+        (["max-lr", "--plan", "--depths", "32"], "--depths [32] not in this plan"),
         (["max-lr", "--depths", "32", "--set", "data.corpus=/nonexistent"], "--depths"),
         (["max-lr", "--jobs", "0"], "--jobs must be at least 1"),
     ):
