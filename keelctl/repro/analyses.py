@@ -9,7 +9,10 @@ the stream entering them is the raw embedding (init std 0.02, norm ~0.02 sqrt(d)
 outer norm above it scales its gradient by ~1/|x| (about 50x at d_model 64) whatever the depth:
 plot-grads' bottom/top ratio (sub-layer 0) is shown beside ours. "Holds level" means |log10
 ratio| is small, so the claims compare |log10 ratio| (lower is better); single-seed differences
-under GRAD_TIE decades are ties.
+under GRAD_TIE decades are ties. A ratio of exactly 0 (the gradient at FROM fell below float32's
+smallest normal number and was flushed to zero) counts as VANISHED = 37.9 decades, the float32
+floor: a lower bound on how far it fell, so a claim that it fell further than Keel's is judged
+on the bound (until 2026-12-03 it counted as not finite, like a diverged run's number).
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ from keelctl.repro.verdicts import claim, mean_std
 GRAD_SCHEMES = ("post_ln", "deepnorm", "pre_ln", "keel")
 GRAD_TIE = math.log10(1.1)  # decades: ratios within 10% of each other
 FROM = 2  # the first sub-layer above the first block
+# decades from 1 down to float32's smallest normal number (1.18e-38): a ratio of exactly 0 fell
+# at least this far (gradients below it are flushed to zero, torch.set_flush_denormal)
+VANISHED = -math.log10(1.1754943508222875e-38)
 SHALLOW_TIE = 1e-3
 RHO = 0.3
 
@@ -41,9 +47,10 @@ def stream_ratio(curve) -> float:
 
 
 def grad_level(curve) -> float:
-    """|log10 stream_ratio| in decades: 0 = level (inf: the gradient at FROM vanished)."""
+    """|log10 stream_ratio| in decades: 0 = level; VANISHED (a lower bound) when the gradient
+    at FROM is exactly 0."""
     r = stream_ratio(curve)
-    return math.inf if r == 0 else abs(math.log10(r))
+    return VANISHED if r == 0 else abs(math.log10(r))
 
 
 def theory_ratio(cfg) -> float:
@@ -163,7 +170,9 @@ def analyse_grad_flow(
     report.add(
         f"Residual-stream gradient ratio, sub-layer {FROM} / top sub-layer (1 = level; "
         "theory: the skip-path gain alone, as if |F(x)| ~ |x|), and plot-grads' "
-        "sub-layer 0 / top ratio, which includes the embedding's first norm.",
+        "sub-layer 0 / top ratio, which includes the embedding's first norm. A ratio of 0 "
+        f"(flushed to zero in float32) counts as {VANISHED:.1f} decades in the verdicts, a "
+        "lower bound.",
         md_table(
             (
                 "run",

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import math
 
+import pytest
+import torch
+
 from keelctl.repro.verdicts import (
     NO_DATA,
     NOT_AT_SCALE,
@@ -54,3 +57,23 @@ def test_claims_without_runs_are_counted_apart_from_findings():
     assert verdict_line(verdicts) == (
         "**Verdicts: 1 reproduced, 0 not at this scale, 0 opposite, 1 no data yet (of 2 claims).**"
     )
+
+
+def test_a_vanished_gradient_counts_at_the_float32_floor_not_as_not_finite():
+    """A stream gradient flushed to exactly 0 fell at least to float32's smallest normal
+    number (1.18e-38 = 37.9 decades): a bound in the claim's direction, not a diverged run."""
+    from types import SimpleNamespace
+
+    from keelctl.repro.analyses import FROM, VANISHED, grad_level
+
+    def curve(bottom: float) -> SimpleNamespace:
+        norms = [1.0] * 8
+        norms[FROM] = bottom
+        return SimpleNamespace(stream_grad_norm=norms)
+
+    assert grad_level(curve(1e-3)) == math.log10(1e3)
+    assert grad_level(curve(0.0)) == VANISHED
+    assert 10.0 ** (-VANISHED) == pytest.approx(torch.finfo(torch.float32).tiny)
+    keel = [0.05, 0.06, 0.08]
+    deepnorm = [0.06, grad_level(curve(0.0)), grad_level(curve(0.0))]
+    assert compare(keel, deepnorm, "lower")[0] == REPRODUCED
