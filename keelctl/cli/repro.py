@@ -120,11 +120,7 @@ def _print_plan(ctx, specs, jobs: int, only: list[int] | None) -> None:
             f"{spec.lr:g}",
             str(r.trainer.max_steps),
             f"{per_step * r.data.seq_len:,}" if per_step else "auto",
-            "not this call"
-            if skipped
-            else "?"
-            if cost is None
-            else ("recorded" if cost == 0 else f"{cost / 60:.1f} min"),
+            _left(cost, skipped),
         )
     console.print(table)
     if None in costs:
@@ -136,3 +132,12 @@ def _print_plan(ctx, specs, jobs: int, only: list[int] | None) -> None:
         f"{len(specs)} runs (training + measures, one thread, quiet machine; max-lr an upper "
         f"bound); about {total / 60 / min(jobs, max(1, len(costs))):.0f} min with --jobs {jobs}"
     )
+
+
+def _left(cost: float | None, skipped: bool) -> str:
+    """The plan's "left" column: what a run still costs in this call."""
+    if skipped:
+        return "not this call"
+    if cost is None:
+        return "?"
+    return "recorded" if cost == 0 else f"{cost / 60:.1f} min"

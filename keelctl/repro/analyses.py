@@ -12,7 +12,7 @@ ratio| is small, so the claims compare |log10 ratio| (lower is better); single-s
 under GRAD_TIE decades are ties. A ratio of exactly 0 (the gradient at FROM fell below float32's
 smallest normal number and was flushed to zero) counts as VANISHED = 37.9 decades, the float32
 floor: a lower bound on how far it fell, so a claim that it fell further than Keel's is judged
-on the bound (until 2026-12-03 it counted as not finite, like a diverged run's number).
+on the bound, not dropped as a diverged run's non-finite number.
 """
 
 from __future__ import annotations
