@@ -11,7 +11,8 @@ loss, Δ = the variant's loss minus Keel's at the same seed (same data order, so
 cancels: shown for reading, the verdicts keep the stated rule). Claims: Keel
 as published (inner norm, alpha = L, v2 first block, no final norm) reaches a lower validation
 loss than each variant; the paper leaves the final norm unstated, so that claim is keelctl's
-default (none) against a final norm. A diverged run's loss is not finite (see the rules).
+default (none) against a final norm. A diverged run's loss is +inf, worse than any finite one
+(see the rules).
 Single-seed differences under TIE nats/token are ties.
 """
 

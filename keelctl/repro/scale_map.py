@@ -247,7 +247,7 @@ def _claim_text(cell: Cell, mc: MapClaim) -> str:
 
 
 def _losses(values: list[float]) -> str:
-    """The finite final losses (mean ± std), and how many runs diverged (a nan loss)."""
+    """The finite final losses (mean ± std), and how many runs diverged (an infinite loss)."""
     finite = [v for v in values if math.isfinite(v)]
     text = f"loss {fmt_group(finite, '.3g')}"
     return text + (f", {len(values) - len(finite)} diverged" if len(finite) < len(values) else "")

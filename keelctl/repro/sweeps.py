@@ -73,8 +73,12 @@ def by(outcomes: list[Outcome], value, **tags) -> list[float]:
 
 
 def final_loss(o: Outcome) -> float:
+    """The final validation loss; +inf for a diverged run (worse than any finite loss, as the
+    verdict rule reads it), nan where a finished run has none."""
+    if o.summary.get("status") == "diverged":
+        return math.inf
     loss = o.summary.get("final_val_loss")
-    return math.nan if loss is None or o.summary.get("status") == "diverged" else loss
+    return math.nan if loss is None else loss
 
 
 def xy_figure(
@@ -88,6 +92,7 @@ def xy_figure(
     fig = new_figure()
     ax = fig.add_subplot()
     for k, (name, (xs, means, stds)) in enumerate(series.items()):
+        means = [m if math.isfinite(m) else math.nan for m in means]  # diverged: no point
         ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, color=f"C{k}", label=name)
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     if logx:

@@ -11,7 +11,11 @@ loss, a gradient ratio), where higher or lower is better:
     amount, stated with each claim): "not at this scale"; otherwise by direction, and the
     verdict says "(single seed)".
   - no finished run on a side (a partial sweep): "no data yet", counted apart from the three.
-  - a non-finite number on either side: "not at this scale (not finite)".
+  - a diverged run's loss is +inf, worse than any finite loss: every run on one side diverged
+    and none on the other: decided by direction ("every B run diverged"); a side with only some
+    runs diverged: "not at this scale (some runs diverged)".
+  - any other non-finite number (nan: a number that does not exist, such as a diverged run's
+    gradient level) on either side: "not at this scale (not finite)".
 """
 
 from __future__ import annotations
@@ -47,9 +51,14 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def fmt_group(values: Sequence[float], fmt: str = ".4g") -> str:
-    """'3.2' for one seed, '3.2 ± 0.1 (n=3)' for several."""
+    """'3.2' for one seed, '3.2 ± 0.1 (n=3)' for several; infinite values (diverged runs'
+    losses) are counted apart: '3.2 + 1 diverged'."""
     if not values:
         return "n/a"
+    failed = sum(math.isinf(v) for v in values)
+    if failed:
+        rest = fmt_group([v for v in values if not math.isinf(v)], fmt)
+        return f"{rest} + {failed} diverged" if failed < len(values) else f"{failed} diverged"
     m, s = mean_std(values)
     return f"{m:{fmt}}" if len(values) == 1 else f"{m:{fmt}} ± {s:{fmt}} (n={len(values)})"
 
@@ -60,8 +69,10 @@ def compare(
     """(verdict, reason) for the claim "A's number is better than B's"."""
     if not a or not b:
         return NO_DATA, "a side has no finished run yet"
-    if not all(math.isfinite(v) for v in [*a, *b]):
+    if any(math.isnan(v) for v in [*a, *b]):
         return NOT_AT_SCALE + " (not finite)", "a number is not finite"
+    if not all(math.isfinite(v) for v in [*a, *b]):
+        return _with_failures(a, b, better)
     sign = 1.0 if better == "higher" else -1.0
     (mk, sk), (mb, sb) = mean_std(a), mean_std(b)
     if len(a) > 1 and len(b) > 1:
@@ -79,6 +90,19 @@ def compare(
         )
     verdict = REPRODUCED if diff > 0 else OPPOSITE
     return verdict + " (single seed)", f"difference {abs(mk - mb):.3g} beyond tie {tie:.3g}"
+
+
+def _with_failures(a: Sequence[float], b: Sequence[float], better: str) -> tuple[str, str]:
+    """The rule when a side holds an infinite number: a diverged run's loss (+inf for a lower-is-
+    better number, -inf for a higher-is-better one), worse than any finite number."""
+    worst = math.inf if better == "lower" else -math.inf
+    seeds = "" if len(a) > 1 and len(b) > 1 else " (single seed)"
+    finite_a, finite_b = all(map(math.isfinite, a)), all(map(math.isfinite, b))
+    if finite_a and all(v == worst for v in b):
+        return REPRODUCED + seeds, "every B run diverged, no A run did"
+    if finite_b and all(v == worst for v in a):
+        return OPPOSITE + seeds, "every A run diverged, no B run did"
+    return NOT_AT_SCALE + " (some runs diverged)", "runs diverged on both sides or on some seeds"
 
 
 def claim(

@@ -118,7 +118,7 @@ def test_trains_cells_from_run_summaries(tmp_path):
     assert result.verdict.verdict == NOT_AT_SCALE and result.note == "1/2 vs 0/2\ntrain"
 
 
-def test_a_diverged_seed_makes_a_cell_not_finite_not_a_crash(tmp_path):
+def test_a_diverged_seed_makes_a_cell_undecided_not_a_crash(tmp_path):
     ctx = make_context("scale-map", "micro", 2, tmp_path, None)
     specs = {
         (s.scheme, s.seed): s
@@ -144,8 +144,8 @@ def test_a_diverged_seed_makes_a_cell_not_finite_not_a_crash(tmp_path):
     result = scale_map._interval_cells(
         [(2, 4)], beats, outcomes, scale_map.final_loss, "lower", lambda c: 0.01, ".3f"
     )[(2, 4)]
-    assert result.verdict.verdict == NOT_AT_SCALE + " (not finite)"
-    assert result.keel == "2.050 ± 0.071 (n=2)" and result.base == "nan ± nan (n=2)"
+    assert result.verdict.verdict == NOT_AT_SCALE + " (some runs diverged)"
+    assert result.keel == "2.050 ± 0.071 (n=2)" and result.base == "3.000 + 1 diverged"
     del outcomes[3]  # Pre-LN's finished seed alone: a single-seed comparison
     result = scale_map._interval_cells(
         [(2, 4)], beats, outcomes, scale_map.final_loss, "lower", lambda c: 0.01, ".3f"

@@ -39,11 +39,46 @@ def test_missing_or_non_finite_data_is_not_a_verdict():
     assert compare([math.nan], [1.0], "lower")[0] == NOT_AT_SCALE + " (not finite)"
 
 
+def test_a_diverged_run_is_worse_than_any_finite_one():
+    inf = math.inf
+    # lower is better (a loss): +inf is a diverged run's
+    assert compare([2.1, 2.2], [inf, inf], "lower") == (
+        REPRODUCED,
+        "every B run diverged, no A run did",
+    )
+    assert compare([inf, inf], [2.1, 2.2], "lower")[0] == OPPOSITE
+    assert compare([2.1], [inf], "lower")[0] == REPRODUCED + " (single seed)"
+    # higher is better: -inf is the worst
+    assert compare([0.1, 0.2], [-inf, -inf], "higher")[0] == REPRODUCED
+    # +inf on a higher-is-better number is not a failure: no verdict by direction
+    assert compare([0.1, 0.2], [inf, inf], "higher")[0] == NOT_AT_SCALE + " (some runs diverged)"
+    # only some seeds diverged, or both sides did: no finding
+    assert compare([2.1, 2.2], [inf, 3.0], "lower")[0] == NOT_AT_SCALE + " (some runs diverged)"
+    assert compare([inf], [inf], "lower")[0] == NOT_AT_SCALE + " (some runs diverged)"
+    # a nan beside an infinity is still not finite
+    assert compare([math.nan], [inf], "lower")[0] == NOT_AT_SCALE + " (not finite)"
+
+
+def test_final_loss_reads_a_diverged_run_as_infinite():
+    from types import SimpleNamespace
+
+    from keelctl.repro.sweeps import final_loss
+
+    def run(**summary):
+        return SimpleNamespace(summary=summary)
+
+    assert final_loss(run(status="diverged", final_val_loss=math.nan)) == math.inf
+    assert final_loss(run(status="finished", final_val_loss=2.5)) == 2.5
+    assert math.isnan(final_loss(run(status="finished")))
+
+
 def test_claim_row_formats_groups():
     v = claim("c", "p", [1.0, 2.0], [3.0], "lower", names=("keel", "pre_ln"))
     assert v.ours == "keel 1.5 ± 0.7071 (n=2) vs pre_ln 3"
     assert v.verdict == REPRODUCED + " (single seed)"
     assert fmt_group([]) == "n/a"
+    assert fmt_group([2.0, math.inf, math.inf]) == "2 + 2 diverged"
+    assert fmt_group([math.inf, math.inf]) == "2 diverged"
 
 
 def test_claims_without_runs_are_counted_apart_from_findings():
