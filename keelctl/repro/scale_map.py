@@ -15,7 +15,7 @@ same run dirs and records). Per cell and claim:
               Keel higher than Pre-LN; tie one LR step of the ramp. Interval rule.
   grad-level  |log10 stream-gradient ratio|, sub-layer 2 / top, at the last grads.csv step
               (grad-flow's number; a diverged run's is not finite), Keel lower than Post-LN; tie 10%
-              (0.041 decades). Interval rule.
+              (0.041 decades). Interval rule. Also checked at the trains cells (below).
   trains      a run trains when it did not diverge and its final validation loss is below the
               scale's unigram level (Scale.unigram_nll: the scored validation tokens' unigram
               entropy, what a model that learned only byte frequencies reaches; ln(vocab_size),
@@ -316,7 +316,10 @@ def analyse(ctx: Context, outcomes: list[Outcome], report: Report, progress: Pro
             lambda c: sc.max_lr_peak / c[1],  # one LR step of the cell's ramp
             ".3g",
         ),
-        grads: _interval_cells(cells, grads, runs, last_level, "lower", lambda c: GRAD_TIE, ".3g"),
+        # the trains cells' Keel and Post-LN runs record gradients too: the 1024-deep check
+        grads: _interval_cells(
+            cells + trains_cells(sc), grads, runs, last_level, "lower", lambda c: GRAD_TIE, ".3g"
+        ),
         trains: _trains_cells(cells + trains_cells(sc), trains, runs, level),
     }
     progress.report("scale-map: verdicts", progress.total)
@@ -367,7 +370,7 @@ def _setup_text(ctx: Context, level: float, source: str) -> str:
             if sc.steps in sc.map_steps
             else ""
         )
-        + "Extra cells of the 'trains' claim (keel and "
+        + "Extra cells of the 'trains' and 'grad-level' claims (keel and "
         f"post_ln only): {extra}. A run trains when it did not diverge and its final validation "
         f"loss is below {level:.4g} nats/token ({source}). Cell annotations: keel's mean vs the "
         "baseline's, n = runs per side."
