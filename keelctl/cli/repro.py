@@ -98,7 +98,7 @@ def _depths(text: str | None) -> list[int] | None:
 
 
 def _print_plan(ctx, specs, jobs: int, only: list[int] | None) -> None:
-    from keelctl.repro.budget import run_s
+    from keelctl.repro.budget import recorded_rate, run_s, scratch_s
     from keelctl.repro.protocol import check_depths, get_protocol
 
     check_depths(specs, only)
@@ -132,6 +132,17 @@ def _print_plan(ctx, specs, jobs: int, only: list[int] | None) -> None:
         f"{len(specs)} runs (training + measures, one thread, quiet machine; max-lr an upper "
         f"bound); about {total / 60 / min(jobs, max(1, len(costs))):.0f} min with --jobs {jobs}"
     )
+    measured = recorded_rate(ctx.out, specs)
+    if measured:
+        rate, n = measured
+        constant = ctx.scale.step_s_per_sublayer
+        scratch = sum(scratch_s(ctx.scale, s, measures) for s in specs) * rate / constant
+        console.print(
+            f"measured: the {n} recorded runs took a median {rate:.4f} s per step per sub-layer "
+            f"(their own wall time), {rate / constant:.2f}x the estimate's {constant}; at that "
+            f"rate the whole plan from scratch takes {scratch / 60:.0f} CPU-minutes, about "
+            f"{scratch / 60 / min(jobs, len(specs)):.0f} min with --jobs {jobs}"
+        )
 
 
 def _left(cost: float | None, skipped: bool) -> str:

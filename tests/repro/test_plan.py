@@ -94,3 +94,34 @@ def test_a_preempted_runs_record_does_not_count(tmp_path):
     assert records.missing(tmp_path / "depth-sweep", "run", ()) == (True, [])
     (record / "summary.json").write_text('{"status": "finished"}')
     assert records.has(record) and not records.has(record, ("eval",))
+
+
+def test_plan_states_the_recorded_runs_measured_rate(tmp_path):
+    """--plan's second estimate: the recorded runs' median seconds per step per sub-layer, from
+    their own wall time (a resumed run's counts only its last part and is left out)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from keelctl.cli import app
+    from keelctl.repro.budget import recorded_rate
+
+    ctx = make_context("scale-map", "cpu", 1, tmp_path / "scale-map", tmp_path / "runs")
+    specs = plan_protocol(ctx)
+    assert recorded_rate(ctx.out, specs) is None
+    rates = [0.01, 0.02, 0.04, 1.0]  # the last resumed: not counted
+    for spec, rate in zip(specs, rates, strict=False):
+        record = ctx.out / "records" / spec.name
+        record.mkdir(parents=True)
+        steps = spec.recipe.trainer.max_steps
+        summary = dict(status="finished", steps=steps, wall_time_s=rate * steps * spec.depth)
+        summary["resumed_from_step"] = 5 if rate == 1.0 else None
+        (record / "summary.json").write_text(json.dumps(summary))
+    assert recorded_rate(ctx.out, specs) == (pytest.approx(0.02), 3)
+    result = CliRunner().invoke(
+        app, ["repro", "scale-map", "--plan", "--seeds", "1", "--out", str(ctx.out)]
+    )
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "the 3 recorded runs took a median 0.0200 s per step per sub-layer" in text
+    assert f"{0.02 / CPU.step_s_per_sublayer:.2f}x the estimate's" in text
