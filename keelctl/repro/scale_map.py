@@ -93,7 +93,8 @@ def beyond(sc: Scale) -> list[Cell]:
 
 
 def trains_cells(sc: Scale) -> list[Cell]:
-    """The extra cells of the "trains" claim (Keel and Post-LN only), cheapest first."""
+    """The extra cells of the "trains" claim (Keel and Post-LN only; "grad-level" is judged
+    there too), cheapest first."""
     extra = [(d, s) for d in sc.map_trains_depths for s in sc.map_trains_steps]
     return order(c for c in extra if c not in map_cells(sc))
 
@@ -293,6 +294,8 @@ def analyse(ctx: Context, outcomes: list[Outcome], report: Report, progress: Pro
 
     sc = ctx.scale
     cells = map_cells(sc)
+    # the trains cells' Keel and Post-LN runs record gradients too: the 1024-deep check
+    post_ln_cells = cells + trains_cells(sc)
     runs = [o for o in outcomes if not is_ramp(o.spec)]
     ramps = [o for o in outcomes if is_ramp(o.spec)]
     lrs = max_lrs(ramps)
@@ -316,11 +319,10 @@ def analyse(ctx: Context, outcomes: list[Outcome], report: Report, progress: Pro
             lambda c: sc.max_lr_peak / c[1],  # one LR step of the cell's ramp
             ".3g",
         ),
-        # the trains cells' Keel and Post-LN runs record gradients too: the 1024-deep check
         grads: _interval_cells(
-            cells + trains_cells(sc), grads, runs, last_level, "lower", lambda c: GRAD_TIE, ".3g"
+            post_ln_cells, grads, runs, last_level, "lower", lambda c: GRAD_TIE, ".3g"
         ),
-        trains: _trains_cells(cells + trains_cells(sc), trains, runs, level),
+        trains: _trains_cells(post_ln_cells, trains, runs, level),
     }
     progress.report("scale-map: verdicts", progress.total)
     report.add(_setup_text(ctx, level, source))
