@@ -1,7 +1,8 @@
 """The recipe schema: a YAML file with sections model, data, optim, trainer (docs/train.md).
 
-load_recipe(path, overrides) reads the YAML, applies `--set key.path=value` overrides, and
-validates; every problem becomes a one-line KeelError naming the key and what is allowed.
+load_recipe(path, overrides) reads the YAML, lays it over the recipe its `base:` names (and that
+one's base, ...), applies `--set key.path=value` overrides, and validates; every problem
+becomes a one-line KeelError naming the key and what is allowed.
 """
 
 from __future__ import annotations
@@ -129,6 +130,32 @@ class TrainerConfig(_Section):
         False, description="recompute each block in the backward pass (saves memory)"
     )
     spike_rollback: SpikeRollbackConfig = Field(default_factory=SpikeRollbackConfig)
+    eval_every: int | None = Field(
+        None,
+        ge=1,
+        strict=True,
+        description="run trainer.eval_tasks on the model in training every N optimizer steps "
+        "(and after the last); null = never (docs/train.md)",
+    )
+    eval_tasks: list[str] = Field(
+        [], description="lm-eval task names for eval_every, as `keelctl eval --tasks` takes them"
+    )
+    eval_limit: int | None = Field(
+        None, ge=1, strict=True, description="examples per task at each eval; null = all"
+    )
+
+    @field_validator("eval_tasks", mode="before")
+    @classmethod
+    def _tasks_as_list(cls, v: Any) -> Any:
+        return [name.strip() for name in v.split(",") if name.strip()] if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _check_eval(self) -> TrainerConfig:
+        if self.eval_every is not None and not self.eval_tasks:
+            raise ValueError("trainer.eval_every needs trainer.eval_tasks (e.g. keel_hops)")
+        if self.eval_tasks and self.eval_every is None:
+            raise ValueError("trainer.eval_tasks needs trainer.eval_every (optimizer steps)")
+        return self
 
     @field_validator("precision", mode="before")
     @classmethod
@@ -242,10 +269,7 @@ def recipe_from_dict(data: dict, source: str = "recipe") -> RecipeConfig:
         raise KeelError(format_validation_error(e, RecipeConfig, source)) from e
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> RecipeConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise KeelError(f"recipe {path} not found; see recipes/ for the shipped ones")
+def _read_mapping(path: Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
@@ -257,8 +281,57 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> RecipeC
             f"recipe {path} must be a mapping with sections model, data, optim, trainer; "
             "start from one in recipes/"
         )
+    return data
+
+
+def _merge(base: dict, delta: dict) -> dict:
+    """`base` with `delta` laid over it: sections merge key by key, values (lists too) replace."""
+    merged = dict(base)
+    for key, value in delta.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def resolve_bases(path: Path) -> tuple[dict, list[Path]]:
+    """The recipe at `path` merged over its `base:` chain, and the chain's files (path first).
+    `base:` names the recipe file it extends, relative to its own folder."""
+    chain, layers = [path], [_read_mapping(path)]
+    while (base := layers[-1].pop("base", None)) is not None:
+        here = chain[-1]
+        if not isinstance(base, str) or not base.strip():
+            raise KeelError(
+                f"recipe {here}: bad value for 'base': name the recipe file it extends, relative "
+                f"to {here.parent} (got {base!r})"
+            )
+        base_path = here.parent / base
+        if not base_path.is_file():
+            raise KeelError(f"recipe {here}: base {base_path} not found; fix its 'base:' path")
+        if base_path.resolve() in {p.resolve() for p in chain}:
+            cycle = " -> ".join(str(p) for p in [*chain, base_path])
+            raise KeelError(f"recipe {path}: its bases form a cycle ({cycle}); break it")
+        chain.append(base_path)
+        layers.append(_read_mapping(base_path))
+    merged: dict = {}
+    for layer in reversed(layers):
+        merged = _merge(merged, layer)
+    return merged, chain
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> RecipeConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise KeelError(f"recipe {path} not found; see recipes/ for the shipped ones")
+    if any(parse_override(item)[0] == ["base"] for item in overrides or []):
+        raise KeelError("--set base=...: a recipe's base is chosen in its file; write base: there")
+    data, chain = resolve_bases(path)
+    source = str(path)
+    if len(chain) > 1:  # a bad key may come from any file of the chain: name them all
+        source += " (with base " + ", ".join(str(p) for p in chain[1:]) + ")"
     try:
-        return recipe_from_dict(apply_overrides(data, overrides or []), str(path))
+        return recipe_from_dict(apply_overrides(data, overrides or []), source)
     except KeelError as e:
         raise KeelError(
             f"{e}; fix the recipe or its --set (docs/train.md lists every key)"

@@ -14,7 +14,6 @@ from typing import Protocol
 from keelctl.errors import KeelError
 
 EOT_TEXT = "<|endoftext|>"
-BUILT_IN = ("byte", "bpe")
 # End-of-text tokens of common pretrained tokenizers, in the order they are looked for:
 # GPT-2 / GPT-NeoX, Llama 3, Llama 2 / Mistral / T5, Gemma.
 EOT_CANDIDATES = (EOT_TEXT, "<|end_of_text|>", "</s>", "<eos>")
