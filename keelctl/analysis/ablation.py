@@ -1,20 +1,16 @@
 """Layer redundancy (the paper's appendix A): remove one layer at a time from a trained model
-(x' = x for its sub-layers) and measure the rise in perplexity on fixed held-out tokens. A layer
-is a sub-layer (the paper's unit) or a block; `range_size` K removes K consecutive layers.
-
-Method "cached": every removal is a contiguous run of sub-layers [start, stop). Per batch, the
-removals are visited in order of `start` while one prefix state (the residual stream entering
-sub-layer `start`) advances a sub-layer at a time; each removal runs only sub-layers stop..L-1
-and the head from it. The prefix costs L passes per batch (and gives the full model's loss), a
-removal L - stop instead of the naive L - (stop - start): about half in total. Memory is one
-prefix state, one suffix state and one batch of logits at any depth: no per-layer cache.
-Method "naive" calls model(idx, skip=...) per removal; same numbers, kept to check and time.
+(x' = x for its sub-layers) and measure the rise in perplexity on fixed held-out tokens, for any
+model source (a keelctl run or a transformers causal LM, keelctl.sources). A layer is a
+sub-layer (the paper's unit: one attention or one MLP) or a block; `range_size` K removes K
+consecutive layers. On the same pass, per layer: Block Influence 1 - cos(x_in, x_out) and the
+relative update |x_out - x_in| / |x_in| (token means). The passes themselves: removal.py.
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import os
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -22,25 +18,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from keelctl.analysis.removal import StreamMeasures, hf_removal_losses, removal_losses
 from keelctl.errors import KeelError
-from keelctl.eval.context import trained_context
 from keelctl.eval.device import resolve_device
-from keelctl.model import ModelConfig, Transformer
-from keelctl.runs import (
-    CONFIG_YAML,
-    atomic_path,
-    atomic_write_json,
-    load_model,
-    read_model_meta,
-)
+from keelctl.runs import atomic_path, atomic_write_json
+from keelctl.sources import ModelSource, open_source
 
 UNITS = ("sublayer", "block")
 METHODS = ("cached", "naive")
-COLUMNS = tuple("run scheme n_sublayers unit layer kind ppl dppl rel_dppl dloss removed".split())
+COLUMNS = tuple(
+    "run source scheme n_sublayers unit n_layers layer depth kind ppl dppl rel_dppl dloss "
+    "removed block_influence rel_update".split()
+)
 _SPEC_ITEM = re.compile(r"^(\d+)(?:-(\d+))?$")
 
 
@@ -60,10 +51,11 @@ class Removal:
 
 @dataclass
 class RunAblation:
-    """The losses of one run: the full model and every removal, on the same tokens."""
+    """The losses of one model source: the full model and every removal, on the same tokens,
+    and the per-layer stream measures (NaN where not measured)."""
 
     run: str
-    scheme: str
+    scheme: str  # a run's residual scheme, or a transformers model_type
     n_sublayers: int
     unit: str
     full_loss: float
@@ -71,6 +63,9 @@ class RunAblation:
     losses: list[float]
     # range_size, tokens, seq_len, method, seconds, sublayer_passes, device, batch_size, data
     info: dict = field(default_factory=dict)
+    source: str = "keelctl"  # or "transformers"
+    block_influence: list[float] = field(default_factory=list)  # per layer in `unit`
+    rel_update: list[float] = field(default_factory=list)
 
     @property
     def n_layers(self) -> int:
@@ -83,29 +78,42 @@ class RunAblation:
     def rows(self) -> list[dict]:
         """One row per removal, columns COLUMNS (the full model is `full_row`)."""
         return [
-            self._row(r.layer, r.kind, loss, r.removed)
+            self._row(r.layer, r.kind, loss, r.removed, r.stop - r.start)
             for r, loss in zip(self.removals, self.losses, strict=True)
         ]
 
     def full_row(self) -> dict:
-        return self._row(None, "full", self.full_loss, "")
+        return self._row(None, "full", self.full_loss, "", 0)
 
-    def _row(self, layer: int | None, kind: str, loss: float, removed: str) -> dict:
+    def _row(self, layer: int | None, kind: str, loss: float, removed: str, size: int) -> dict:
         ppl, full = _ppl(loss), self.full_ppl
+        per = 1 if self.unit == "sublayer" else 2
+        one = layer is not None and size == per  # the measures describe single layers
         values = (
             self.run,
+            self.source,
             self.scheme,
             self.n_sublayers,
             self.unit,
+            self.n_layers,
             layer,
+            None if layer is None else (layer + size / per / 2) / self.n_layers,
             kind,
             ppl,
             ppl - full,
             (ppl - full) / full,
             loss - self.full_loss,
             removed,
+            _measured(self.block_influence, layer) if one else None,
+            _measured(self.rel_update, layer) if one else None,
         )
         return dict(zip(COLUMNS, values, strict=True))
+
+
+def _measured(values: list[float], layer: int) -> float | None:
+    """values[layer], None where it was not measured (JSON has no NaN)."""
+    value = values[layer] if layer < len(values) else math.nan
+    return None if math.isnan(value) else value
 
 
 def _ppl(loss: float) -> float:
@@ -132,12 +140,12 @@ def parse_layers(spec: str, n_layers: int, unit: str) -> list[int]:
 
 
 def plan_removals(
-    cfg: ModelConfig, unit: str, layers: str | None = None, range_size: int = 1
+    n_sublayers: int, unit: str, layers: str | None = None, range_size: int = 1
 ) -> list[Removal]:
     """The removals to evaluate: each chosen layer (or the range of K layers it starts)."""
     check_options(unit=unit, range_size=range_size)
     per = 1 if unit == "sublayer" else 2
-    n_layers = cfg.n_sublayers // per
+    n_layers = n_sublayers // per
     if range_size > n_layers:
         raise KeelError(f"--range-size {range_size} exceeds the model's {n_layers} {unit}s")
     starts = (
@@ -150,7 +158,7 @@ def plan_removals(
             f"past the last {unit} ({n_layers - 1}); start at {last} or earlier"
         )
 
-    def kind(i: int) -> str:  # sub-layers alternate attention, FFN (Transformer.sublayers)
+    def kind(i: int) -> str:  # sub-layers alternate attention, FFN (keelctl and transformers)
         if range_size > 1:
             return "range"
         return ("attn", "ffn")[i % 2] if unit == "sublayer" else "block"
@@ -168,7 +176,8 @@ def check_options(
     threshold: float = 0.0,
     output_dir: Path | None = None,
 ) -> None:
-    """One-line KeelErrors for bad options, before any model runs (output_dir is created)."""
+    """One-line KeelErrors for bad options, before any model runs (output_dir is not created:
+    a failed call writes nothing)."""
     if unit not in UNITS:
         raise KeelError(f"unknown --unit {unit!r}; use 'sublayer' (the paper's layers) or 'block'")
     if method not in METHODS:
@@ -179,12 +188,17 @@ def check_options(
             raise KeelError(f"{name} must be at least 1, got {value}")
     if threshold < 0:
         raise KeelError(f"--threshold is a relative PPL change and must be >= 0, got {threshold}")
-    try:
-        Path(output_dir).mkdir(parents=True, exist_ok=True) if output_dir else None
-    except OSError as e:
-        raise KeelError(
-            f"cannot create --output-dir {output_dir} ({e.strerror}); pick another"
-        ) from e
+    if output_dir is not None:
+        check_output_dir(Path(output_dir))
+
+
+def check_output_dir(out: Path) -> None:
+    """--output-dir can be created or written (its nearest existing parent is writable)."""
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        raise KeelError(f"cannot create --output-dir {out}: {existing} is a file; pick another")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise KeelError(f"cannot create --output-dir {out}: {existing} is not writable")
 
 
 def eval_batches(tokens: np.ndarray, seq_len: int, n_tokens: int, batch_size: int) -> DataLoader:
@@ -200,74 +214,28 @@ def eval_batches(tokens: np.ndarray, seq_len: int, n_tokens: int, batch_size: in
     return DataLoader(ValWindows(tokens, seq_len, n_tokens), batch_size=batch_size)
 
 
-def nll_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Summed next-token NLL: per token in at least fp32, summed in float64."""
-    logits = logits.flatten(0, 1).to(torch.promote_types(logits.dtype, torch.float32))
-    return F.cross_entropy(logits, targets.flatten(), reduction="none").double().sum()
+def data_settings(sources: Sequence[ModelSource | str | Path], data: str | None) -> list:
+    """Each source's DataConfig for evaluation. Default: a run's own (config.yaml), i.e. its
+    validation split; a transformers model has none and needs --data. With --data, the first
+    run's settings with the corpus replaced, for every source, so that sources sharing a
+    tokenizer are scored on identical tokens."""
+    from keelctl.config import DataConfig
 
-
-@torch.no_grad()
-def removal_losses(
-    model: Transformer,
-    batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
-    removals: Sequence[Removal],
-    *,
-    method: str = "cached",
-    on_step: Callable[[int, int], None] | None = None,
-) -> tuple[float, list[float], int]:
-    """Mean NLL per token of the full model and of each removal, and the sub-layer passes used;
-    `batches` holds (inputs, targets) pairs of shape (B, T)."""
-    check_options(method=method)
-    device = next(model.parameters()).device
-    subs, n_sub = model.sublayers, model.config.n_sublayers
-    order = sorted(range(len(removals)), key=lambda j: removals[j].start)
-    nll = torch.zeros(len(removals) + 1, dtype=torch.float64, device=device)  # [-1] = full
-    total, done, n_tokens = len(batches) * (len(removals) + 1), 0, 0
-    for idx, targets in batches:
-        idx, targets = idx.to(device), targets.to(device)
-        n_tokens += targets.numel()
-        h, at = model.embed(idx), 0  # cached: h is the residual stream entering sub-layer `at`
-        for j in [*order, None]:  # None: the full model, after every removal
-            if j is None:
-                logits = model.logits(_run(subs[at:], h))
-            elif method == "naive":
-                logits = model(idx, skip=range(removals[j].start, removals[j].stop))
-            else:
-                h, at = _run(subs[at : removals[j].start], h), removals[j].start
-                logits = model.logits(_run(subs[removals[j].stop :], h))
-            nll[-1 if j is None else j] += nll_sum(logits, targets)
-            done += 1
-            if on_step:
-                on_step(done, total)
-    cut = (lambda r: n_sub - r.stop) if method == "cached" else (lambda r: n_sub - r.stop + r.start)
-    passes = len(batches) * (n_sub + sum(cut(r) for r in removals))
-    losses = (nll / n_tokens).tolist()
-    return losses[-1], losses[:-1], passes
-
-
-def _run(sublayers: Sequence[torch.nn.Module], x: torch.Tensor) -> torch.Tensor:
-    for sub in sublayers:
-        x = sub(x)
-    return x
-
-
-def data_settings(runs: Sequence[Path], data: str | None) -> list:
-    """Each run's DataConfig for evaluation. Default: the run's own (config.yaml), i.e. its
-    validation split. With --data, the first run's settings with the corpus replaced, for every
-    run, so that runs sharing a tokenizer are scored on identical tokens."""
-    from keelctl.config import DataConfig, load_recipe
-
-    recipes = [load_recipe(r / CONFIG_YAML) if (r / CONFIG_YAML).is_file() else None for r in runs]
+    sources = [s if hasattr(s, "data_config") else open_source(s) for s in sources]
+    configs = [s.data_config() for s in sources]
     if data is not None:
-        first = recipes[0].data if recipes[0] else DataConfig()
-        return [first.model_copy(update={"corpus": data})] * len(runs)
-    for run, recipe in zip(runs, recipes, strict=True):
-        if recipe is None:
-            raise KeelError(
-                f"{run / CONFIG_YAML} is missing, so the run's validation corpus "
-                "is unknown; pass --data SPEC"
+        first = configs[0] or DataConfig()
+        return [first.model_copy(update={"corpus": data})] * len(sources)
+    for source, cfg in zip(sources, configs, strict=True):
+        if cfg is None:
+            why = (
+                "a transformers model has no validation split"
+                if source.kind == "transformers"
+                else f"{source.spec}/config.yaml is missing, so the run's validation corpus "
+                "is unknown"
             )
-    return [r.data for r in recipes]
+            raise KeelError(f"{why}; pass --data SPEC")
+    return configs
 
 
 def eval_tokens(d, tokenizer) -> np.ndarray:
@@ -288,29 +256,43 @@ def ablate(
     batch_size: int = 8,
     device: str = "auto",
     method: str = "cached",
+    dtype: str = "float32",
+    device_map: str | None = None,
     on_step: Callable[[str, int, int], None] | None = None,
 ) -> list[RunAblation]:
-    """Ablate every run on the same evaluation tokens. Arguments are checked for all runs
-    before the first forward pass, so a bad layer or run fails fast. on_step(run, done, total)
-    reports progress over one run's (removal, batch) evaluations."""
+    """Ablate every model source (run dir, transformers folder, hf:NAME[@REV]) on its tokens of
+    the same corpus. Everything that needs no weights is checked for all sources before the
+    first forward pass, so a bad layer or source fails fast. on_step(run, done, total) reports
+    progress over one source's (removal, batch) evaluations."""
     check_options(
         unit=unit, range_size=range_size, tokens=tokens, batch_size=batch_size, method=method
     )
     dev = resolve_device(device)
-    runs = [Path(run) for run in runs]
-    metas = [read_model_meta(run) for run in runs]
-    plans = [plan_removals(cfg, unit, layers, range_size) for cfg, _ in metas]  # cheap checks
-    loaders = [  # each run scored at the context it was trained at (its own data.seq_len)
-        eval_batches(eval_tokens(d, tok), trained_context(run), tokens, batch_size)
-        for run, (_, tok), d in zip(runs, metas, data_settings(runs, data), strict=True)
+    sources = [open_source(r, dtype=dtype, device_map=device_map) for r in runs]
+    for source in sources:
+        source.check_unit(unit)
+    plans = [plan_removals(s.n_sublayers, unit, layers, range_size) for s in sources]
+    loaders = [  # a run at the context it was trained at; a transformers model at its own
+        eval_batches(eval_tokens(d, s.tokenizer), s.context, tokens, batch_size)
+        for s, d in zip(sources, data_settings(sources, data), strict=True)
     ]
     results = []
-    for run_dir, removals, batches in zip(runs, plans, loaders, strict=True):
-        model = load_model(run_dir, dev)[0]  # one model in memory at a time
-        name = str(run_dir)
+    for source, removals, batches in zip(sources, plans, loaders, strict=True):
+        name = source.spec
         step = (lambda done, total, name=name: on_step(name, done, total)) if on_step else None
+        per = 1 if unit == "sublayer" else 2
+        measures = StreamMeasures(source.n_sublayers // per, per)
+        model = source.load(dev)  # one model in memory at a time
         t0 = time.perf_counter()
-        full, losses, passes = removal_losses(model, batches, removals, method=method, on_step=step)
+        if source.kind == "transformers":
+            if unit == "sublayer":
+                model.check_bypass()
+            engine, model = hf_removal_losses, model
+        else:
+            engine, model = removal_losses, model.model
+        full, losses, passes = engine(
+            model, batches, removals, method=method, on_step=step, measures=measures
+        )
         info = dict(
             range_size=range_size,
             tokens=batches.dataset.n_predicted,
@@ -318,14 +300,20 @@ def ablate(
             method=method,
             seconds=time.perf_counter() - t0,
             sublayer_passes=passes,
-            device=str(dev),
+            device=str(dev) if device_map is None or source.kind == "keelctl" else "auto",
             batch_size=batch_size,
             data=data or "the run's validation split",
         )
-        cfg = model.config
+        bi, rel = measures.means()
         results.append(
-            RunAblation(name, cfg.residual, cfg.n_sublayers, unit, full, removals, losses, info)
+            RunAblation(
+                *(name, source.family, source.n_sublayers, unit, full, removals, losses, info),
+                source=source.kind,
+                block_influence=bi,
+                rel_update=rel,
+            )
         )
+        del model
     return results
 
 
@@ -359,13 +347,27 @@ def write_outputs(
     from keelctl.analysis.plots import AblationCurve, ablation_figure
 
     out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise KeelError(f"cannot create --output-dir {out_dir} ({e.strerror}); pick another") from e
     csv_path, json_path, png_path = (out_dir / f"ablation.{e}" for e in ("csv", "json", "png"))
     rows = [row for res in results for row in (res.full_row(), *res.rows())]
     with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    runs = [summarize(res, threshold) | {"full_loss": res.full_loss, **res.info} for res in results]
+    runs = [
+        summarize(res, threshold)
+        | {
+            "source": res.source,
+            "full_loss": res.full_loss,
+            "block_influence": [_measured(res.block_influence, i) for i in range(res.n_layers)],
+            "rel_update": [_measured(res.rel_update, i) for i in range(res.n_layers)],
+            **res.info,
+        }
+        for res in results
+    ]
     atomic_write_json(json_path, {"columns": list(COLUMNS), "runs": runs, "rows": rows})
     curves = [
         AblationCurve(
@@ -374,6 +376,8 @@ def write_outputs(
             dppl=[r["dppl"] for r in res.rows()],
             n_layers=res.n_layers,
             threshold=threshold * res.full_ppl,
+            block_influence=res.block_influence,
+            rel_update=res.rel_update,
         )
         for res in results
     ]

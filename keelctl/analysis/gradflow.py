@@ -1,10 +1,12 @@
-"""Gradient flow through depth: measure fresh models, read RUN/grads.csv, write the figures
-(the theory and the line figure: keelctl/grad_profile.py).
+"""Gradient flow through depth: measure fresh models or transformers models (keelctl.sources)
+at their released weights, read RUN/grads.csv, write the figures (the theory and the line
+figure: keelctl/grad_profile.py).
 
 Units: sub-layers (the paper's "layers": one attention or one FFN), index 0 = bottom,
-block = index // 2. The two numbers per sub-layer are defined in keelctl/train/grad_flow.py;
-the measurement at init uses the same probe as the training callback, treating K batches as
-the K micro-batches of one step.
+block = index // 2; a transformers model is measured per block (decoder layer), and a mix is
+drawn on a normalised depth axis. The two numbers per layer are defined in
+keelctl/train/grad_flow.py; the measurement at init uses the same probe as the training
+callback, treating K batches as the K micro-batches of one step.
 """
 
 from __future__ import annotations
@@ -29,21 +31,27 @@ from keelctl.train.grad_flow import GRADS_COLUMNS, StreamGradProbe, param_grad_s
 
 @dataclass
 class GradCurve:
-    """Per-sub-layer gradient norms of one run (or fresh model) at one step, bottom first."""
+    """Per-layer gradient norms of one run (or fresh model) at one step, bottom first: per
+    sub-layer for keelctl models, per block for transformers models (config None)."""
 
     name: str
-    config: ModelConfig
-    step: int
+    config: ModelConfig | None
+    step: int | None  # None: a transformers model's released weights
     param_grad_norm: list[float]
     stream_grad_norm: list[float]
+    family: str | None = None  # a transformers model_type (config is None)
 
     @property
     def scheme(self) -> str:
-        return self.config.residual
+        return self.config.residual if self.config else self.family
+
+    @property
+    def unit(self) -> str:
+        return "sublayer" if self.config else "block"
 
     @property
     def n_sublayers(self) -> int:
-        return self.config.n_sublayers
+        return self.config.n_sublayers if self.config else 2 * len(self.stream_grad_norm)
 
     @property
     def bottom_top_ratio(self) -> float:
@@ -59,6 +67,7 @@ class GradCurve:
             "name": self.name,
             "scheme": self.scheme,
             "n_sublayers": self.n_sublayers,
+            "unit": self.unit,
             "step": self.step,
             "param_grad_norm": self.param_grad_norm,
             "stream_grad_norm": self.stream_grad_norm,
@@ -106,23 +115,27 @@ class GradHistory:
 
 
 def measure_grad_flow(
-    model: Transformer, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]
+    model: Transformer,
+    batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    layers: Sequence[torch.nn.Module] | None = None,
 ) -> tuple[list[float], list[float]]:
-    """(param_grad_norm, stream_grad_norm) per sub-layer for one step whose micro-batches are
-    `batches` (each loss divided by len(batches), as under gradient accumulation). Leaves the
-    step's gradients in the parameters."""
-    probe = StreamGradProbe(model.sublayers)
+    """(param_grad_norm, stream_grad_norm) per layer (default: the model's sub-layers) for one
+    step whose micro-batches are `batches` (each loss divided by len(batches), as under
+    gradient accumulation). Leaves the step's gradients in the parameters."""
+    layers = model.sublayers if layers is None else layers
+    probe = StreamGradProbe(layers)
     model.zero_grad(set_to_none=True)
     device = next(model.parameters()).device
     probe.attach()
     try:
         for x, y in batches:
             probe.start_micro_batch()
-            loss = next_token_loss(model(x.to(device)), y.to(device)) / len(batches)
+            logits = model(x.to(device))
+            loss = next_token_loss(logits, y.to(logits.device)) / len(batches)
             loss.backward()
     finally:
         probe.detach()
-    param_sq = param_grad_squares(model.sublayers)
+    param_sq = param_grad_squares(layers)
     return param_sq.sqrt().tolist(), probe.squared_norms(param_sq.device).sqrt().tolist()
 
 
@@ -158,6 +171,38 @@ def at_init_curves(
         param, stream = measure_grad_flow(model, recipe_batches(recipe, n_batches))
         name = _unique(Path(path).stem, {c.name for c in curves})
         curves.append(GradCurve(name, recipe.model, 0, param, stream))
+    return curves
+
+
+def source_curves(
+    sources: Sequence, data: str | None, n_batches: int = 4, device: str = "auto"
+) -> list[GradCurve]:
+    """Transformers models measured per block at their released weights (fp32 unless --dtype
+    says otherwise): one step whose micro-batches are the first n_batches windows of --data
+    (each the model's context, its own tokenizer). Named by the spec's last path part."""
+    from keelctl.analysis.ablation import data_settings, eval_batches, eval_tokens
+    from keelctl.eval.device import resolve_device
+
+    if n_batches < 1:
+        raise KeelError(f"--batches must be >= 1, got {n_batches}")
+    if data is None:
+        raise KeelError(
+            f"{sources[0].spec}: a transformers model has no recorded gradients; pass --data "
+            "SPEC to measure it on that corpus"
+        )
+    dev = resolve_device(device)
+    loaders = [
+        eval_batches(eval_tokens(d, s.tokenizer), s.context, n_batches * s.context, 1)
+        for s, d in zip(sources, data_settings(sources, data), strict=True)
+    ]
+    curves: list[GradCurve] = []
+    for source, batches in zip(sources, loaders, strict=True):
+        model = source.load(dev)
+        param, stream = measure_grad_flow(model, list(batches), model.layers)
+        model.zero_grad(set_to_none=True)
+        name = _unique(Path(source.spec).name, {c.name for c in curves})
+        curves.append(GradCurve(name, None, None, param, stream, family=source.family))
+        del model
     return curves
 
 
@@ -279,8 +324,12 @@ def write_outputs(
     steps = {c.name: [str(d.step) for d in curves if d.name == c.name] for c in curves}
     lines = [
         GradLine(
-            f"{c.name} ({c.scheme}), step{'s' if len(steps[c.name]) > 1 else ''} "
-            + ", ".join(steps[c.name])
+            f"{c.name} ({c.scheme}, {len(c.stream_grad_norm)} {c.unit}s), "
+            + (
+                "released weights"
+                if c.step is None
+                else f"step{'s' if len(steps[c.name]) > 1 else ''} " + ", ".join(steps[c.name])
+            )
             + (" (light → dark)" if len(steps[c.name]) > 1 else ""),
             c.name,
             c.stream_grad_norm,
@@ -288,8 +337,12 @@ def write_outputs(
         )
         for c in curves
     ]
-    theory = {theory_label(c.config): theory_gain(c.config) for c in curves}
-    written = [_save(grad_flow_figure(lines, theory), output, GRAD_DPI)]
+    theory = {theory_label(c.config): theory_gain(c.config) for c in curves if c.config}
+    if len({(c.unit, len(c.stream_grad_norm)) for c in curves}) > 1:  # any mix: depth 0..1
+        fig = plots.depth_grad_figure(lines, {c.name: c.unit for c in curves})
+    else:
+        fig = grad_flow_figure(lines, theory)
+    written = [_save(fig, output, GRAD_DPI)]
     if heatmap_of is not None:
         h = heatmap_of
         fig = plots.grad_heatmap_figure(

@@ -1,4 +1,5 @@
-"""`keelctl ablate-layers`: layer redundancy of trained runs (docs/ablate-layers.md)."""
+"""`keelctl ablate-layers`: layer redundancy of runs and transformers models
+(docs/ablate-layers.md)."""
 
 from __future__ import annotations
 
@@ -18,12 +19,20 @@ def _layers(picks: list[dict]) -> str:
 
 @command("ablate-layers")
 def ablate_layers(
-    runs: list[Path] = typer.Argument(..., help="Run dirs (made by `keelctl train`)."),
+    runs: list[str] = typer.Argument(
+        ...,
+        metavar="MODEL...",
+        help="Run dirs (made by `keelctl train`), transformers model folders or "
+        "hf:NAME[@REVISION], mixed freely.",
+    ),
     unit: str = typer.Option(
         "sublayer", "--unit", help="sublayer (the paper's 'layers') or block (2 sub-layers)."
     ),
     data: str | None = typer.Option(
-        None, "--data", help="Corpus spec to evaluate on instead of each run's validation split."
+        None,
+        "--data",
+        help="Corpus spec to evaluate on instead of each run's validation split "
+        "(required for transformers models; each model uses its own tokenizer).",
     ),
     tokens: int = typer.Option(65536, "--tokens", help="Evaluation tokens (seq_len windows)."),
     layers: str | None = typer.Option(
@@ -46,6 +55,12 @@ def ablate_layers(
         "cached",
         "--method",
         help="cached (prefix state + suffix) or naive (one full pass per layer).",
+    ),
+    dtype: str = typer.Option(
+        "float32", "--dtype", help="transformers models: float32, bfloat16 or float16."
+    ),
+    device_map: str | None = typer.Option(
+        None, "--device-map", help="transformers models: auto spreads one over every GPU."
     ),
 ) -> None:
     """Remove one layer at a time and report the perplexity cost (the paper's appendix A)."""
@@ -76,6 +91,8 @@ def ablate_layers(
             batch_size=batch_size,
             device=device,
             method=method,
+            dtype=dtype,
+            device_map=device_map,
             on_step=on_step,
         )
     paths = write_outputs(results, output_dir, threshold)

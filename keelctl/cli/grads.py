@@ -15,8 +15,9 @@ from keelctl.errors import KeelError
 def plot_grads(
     sources: list[str] = typer.Argument(
         ...,
-        metavar="RUN|RECIPE...",
-        help="Run dirs (made by `keelctl train`), or recipes with --at-init.",
+        metavar="MODEL|RECIPE...",
+        help="Run dirs (made by `keelctl train`), transformers model folders or "
+        "hf:NAME[@REVISION] (measured on --data), or recipes with --at-init.",
     ),
     at_init: bool = typer.Option(
         False, "--at-init", help="SOURCES are recipes: build fresh models, measure, no training."
@@ -29,38 +30,68 @@ def plot_grads(
         "--output",
         "-o",
         help="PNG (1200x450 px); the heatmap goes beside it as NAME-heatmap.png. "
-        "Default: FIRST_RUN/grads.png, or grads-at-init.png with --at-init.",
+        "Default: FIRST_RUN/grads.png, or grads-at-init.png with --at-init (grads.png without "
+        "a run).",
     ),
     json_path: Path | None = typer.Option(None, "--json", help="Also write the numbers as JSON."),
     overrides: list[str] = typer.Option(
         [], "--set", help="With --at-init: recipe override key.path=value (repeatable)."
     ),
     batches: int | None = typer.Option(
-        None, "--batches", help="With --at-init: batches measured as one step (default 4)."
+        None,
+        "--batches",
+        help="With --at-init or transformers models: batches measured as one step (default 4).",
+    ),
+    data: str | None = typer.Option(
+        None, "--data", help="Transformers models: the corpus spec their gradients are taken on."
+    ),
+    device: str = typer.Option("auto", "--device", help="Transformers models: auto, cpu, cuda:N."),
+    dtype: str = typer.Option(
+        "float32", "--dtype", help="Transformers models: float32, bfloat16 or float16."
+    ),
+    device_map: str | None = typer.Option(
+        None, "--device-map", help="Transformers models: auto spreads one over every GPU."
     ),
 ) -> None:
     """Gradient norm per sub-layer (the paper's 'layers'), bottom to top, with the skip-path
-    theory: Post-LN 2^(-(L-l)/2), Keel (α/√(α²+1))^(L-l), DeepNorm with its a, Pre-LN 1."""
+    theory: Post-LN 2^(-(L-l)/2), Keel (α/√(α²+1))^(L-l), DeepNorm with its a, Pre-LN 1.
+    Transformers models are measured per block at their released weights; a mix of depths or
+    units is drawn on a normalised depth axis."""
     from keelctl.analysis import gradflow
+    from keelctl.sources import is_transformers, open_source
 
     if at_init:
-        if steps is not None:
-            raise KeelError("--steps applies to run dirs; --at-init measures step 0 only")
+        if steps is not None or data is not None:
+            raise KeelError("--steps and --data do not apply to --at-init (it measures step 0)")
         curves = gradflow.at_init_curves(sources, overrides, 4 if batches is None else batches)
         heatmap_of = None
         output = output or Path("grads-at-init.png")
     else:
-        if overrides or batches is not None:
-            raise KeelError("--set and --batches apply to --at-init only; drop them for run dirs")
+        runs = [s for s in sources if not is_transformers(s)]
+        models = [
+            open_source(s, dtype=dtype, device_map=device_map)
+            for s in sources
+            if is_transformers(s)
+        ]
+        if overrides or (batches is not None and not models):
+            raise KeelError(
+                "--set applies to --at-init only, --batches to --at-init and transformers "
+                "models; drop them for run dirs"
+            )
+        if data is not None and not models:
+            raise KeelError("--data applies to transformers models; run dirs use grads.csv")
         wanted = gradflow.parse_steps(steps or "0,last")
-        histories = gradflow.read_runs(sources)
+        histories = gradflow.read_runs(runs)
         curves = [curve for h in histories for curve in h.select(wanted)]
-        heatmap_of = histories[0]
-        output = output or Path(sources[0]) / "grads.png"
+        if models:
+            curves += gradflow.source_curves(models, data, batches or 4, device)
+        heatmap_of = histories[0] if histories else None
+        output = output or (Path(runs[0]) / "grads.png" if runs else Path("grads.png"))
     written = gradflow.write_outputs(curves, output, heatmap_of, json_path)
 
     table = Table(
-        title="Gradient flow (L = sub-layers; 0/top = sub-layer 0 ÷ sub-layer L-1)",
+        title="Gradient flow (L = sub-layers; 0/top = bottom layer ÷ top layer: sub-layers for "
+        "runs, blocks for transformers models)",
         caption="stream = |dLoss/dx_in| on the residual stream; min/top = its lowest sub-layer "
         "÷ top; theory = skip-path gain if |F(x)| ~ |x|",
     )
@@ -71,16 +102,16 @@ def plot_grads(
     for col in ("stream 0/top", "stream min/top", "theory 0/top", "param 0/top"):
         table.add_column(col, justify="right", min_width=7)
     for c in curves:
-        theory = gradflow.theory_gain(c.config)
+        theory = gradflow.theory_gain(c.config) if c.config else None
         lowest = min(c.stream_grad_norm) / c.stream_grad_norm[-1]
         table.add_row(
             c.name,
             c.scheme,
             str(c.n_sublayers),
-            str(c.step),
+            "released" if c.step is None else str(c.step),
             f"{c.bottom_top_ratio:.3g}",
             f"{lowest:.3g}",
-            f"{theory[0] / theory[-1]:.2g}",
+            "-" if theory is None else f"{theory[0] / theory[-1]:.2g}",
             f"{c.param_bottom_top_ratio:.3g}",
         )
     console.print(table)

@@ -1,6 +1,7 @@
-"""`keelctl eval`: perplexity on held-out text plus lm-eval tasks for one or more run dirs.
+"""`keelctl eval`: perplexity on held-out text plus lm-eval tasks for one or more model sources
+(run dirs, transformers folders, hf:NAME[@REVISION]; keelctl.sources).
 
-Everything a request can get wrong (device, run dirs, task names, output path) is checked
+Everything a request can get wrong (device, sources, task names, output path) is checked
 before any model runs. The report is lm-eval's results layout per run plus keelctl's own
 `perplexity` entry, model path, config hash and date (docs/eval.md).
 """
@@ -14,10 +15,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from keelctl.errors import KeelError
-from keelctl.eval.context import trained_context
 from keelctl.eval.device import resolve_device
 from keelctl.eval.perplexity import token_perplexity
-from keelctl.runs import CONFIG_YAML, atomic_write_json, load_model, read_model_json
+from keelctl.runs import CONFIG_YAML, atomic_write_json
+from keelctl.sources import open_source
 
 
 def heldout_spec(run_dir: Path, data: str | None) -> tuple[str, dict]:
@@ -96,7 +97,7 @@ def write_report(path: Path, report: dict) -> None:
 
 
 def evaluate_runs(
-    run_dirs: list[Path],
+    run_dirs: Sequence[str | Path],
     *,
     data: str | None = None,
     tasks: Sequence[str] = (),
@@ -105,8 +106,10 @@ def evaluate_runs(
     batch_size: int = 8,
     device: str | None = None,
     output: Path | None = None,
+    dtype: str = "float32",
+    device_map: str | None = None,
 ) -> dict:
-    """Evaluate each run; returns (and writes to `output`, atomically) the report."""
+    """Evaluate each source; returns (and writes to `output`, atomically) the report."""
     from keelctl import __version__
 
     if batch_size < 1:
@@ -114,10 +117,13 @@ def evaluate_runs(
     if limit is not None and limit <= 0:
         raise KeelError(f"--limit must be positive, got {limit}")
     torch_device = resolve_device(device)
-    metas = [read_model_json(run) for run in run_dirs]
-    contexts = [trained_context(run) for run in run_dirs]
-    for run in run_dirs:
-        heldout_spec(run, data)  # a run without config.yaml needs --data: say so before work
+    sources = [open_source(r, dtype=dtype, device_map=device_map) for r in run_dirs]
+    for source in sources:  # a source without a validation split needs --data: say so first
+        if source.kind == "transformers" and data is None:
+            raise KeelError(
+                f"{source.spec}: a transformers model has no validation split; pass --data SPEC"
+            )
+        heldout_spec(Path(source.spec), data)
     if tasks:
         from keelctl.eval.harness import resolve_tasks
 
@@ -127,34 +133,16 @@ def evaluate_runs(
     limit = int(limit) if limit is not None and limit >= 1 else limit
     texts: dict[tuple, list[str]] = {}
     runs = []
-    for run, meta, context in zip(run_dirs, metas, contexts, strict=True):
-        model, tokenizer = load_model(run, torch_device)
-        spec, docs, n_bytes = heldout_documents(run, data, tokenizer, texts)
-        entry = {
-            "model_path": str(Path(run).resolve()),
-            "config_hash": meta.get("config_hash"),
-            "residual": model.config.residual,
-            "context": context,
-            "perplexity": {
-                "data": spec,
-                "split": "val",
-                **token_perplexity(
-                    model,
-                    docs,
-                    n_bytes=n_bytes,
-                    eot_id=tokenizer.eot_id,
-                    batch_size=batch_size,
-                    max_len=context,
-                ),
-            },
-        }
+    for source in sources:
+        model = source.load(torch_device)
+        entry = _perplexity_entry(source, model, data, texts, batch_size)
         if tasks:
             from keelctl.eval.harness import run_tasks
-            from keelctl.eval.lm_eval_adapter import KeelLM
 
-            lm = KeelLM.from_model(model, tokenizer, batch_size=batch_size, max_length=context)
+            lm = _task_model(source, model, batch_size)
             entry.update(run_tasks(lm, list(tasks), num_fewshot=num_fewshot, limit=limit))
         runs.append(entry)
+        del model
 
     report = {
         "keelctl_version": __version__,
@@ -165,13 +153,56 @@ def evaluate_runs(
             "num_fewshot": num_fewshot,
             "limit": limit,
             "batch_size": batch_size,
-            "device": str(torch_device),
+            "device": str(torch_device) if device_map is None else f"{device_map} (transformers)",
+            "dtype": dtype,
         },
         "runs": runs,
     }
     if output is not None:
         write_report(output, report)
     return report
+
+
+def _perplexity_entry(source, model, data: str | None, texts: dict, batch_size: int) -> dict:
+    """The report entry of one source: what it is and its held-out perplexity."""
+    tokenizer = source.tokenizer
+    spec, docs, n_bytes = heldout_documents(Path(source.spec), data, tokenizer, texts)
+    return {
+        **source.info(),
+        "source": source.kind,
+        "residual" if source.kind == "keelctl" else "model_type": source.family,
+        "context": source.context,
+        "perplexity": {
+            "data": spec,
+            "split": "val",
+            **token_perplexity(
+                model,
+                docs,
+                n_bytes=n_bytes,
+                eot_id=tokenizer.eot_id,
+                batch_size=batch_size,
+                max_len=source.context,
+            ),
+        },
+    }
+
+
+def _task_model(source, model, batch_size: int):
+    """The lm-eval model: keelctl's adapter for a run, lm-eval's own HFLM for transformers."""
+    if source.kind == "transformers":
+        from lm_eval.models.huggingface import HFLM
+
+        return HFLM(
+            pretrained=model.model,
+            tokenizer=source.hf_tokenizer,
+            batch_size=batch_size,
+            max_length=source.context,
+        )
+    from keelctl.eval.lm_eval_adapter import KeelLM
+
+    return KeelLM.from_model(
+        model.model, source.tokenizer, batch_size=batch_size, max_length=source.context
+    )
 
 
 def _number(value) -> str:

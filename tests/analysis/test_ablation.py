@@ -16,10 +16,10 @@ from keelctl.analysis.ablation import (
     RunAblation,
     parse_layers,
     plan_removals,
-    removal_losses,
     write_outputs,
 )
 from keelctl.analysis.plots import AblationCurve, ablation_figure
+from keelctl.analysis.removal import removal_losses
 from keelctl.cli import app
 from keelctl.errors import KeelError
 from keelctl.model import RESIDUALS, ModelConfig, build_model
@@ -67,7 +67,7 @@ def reference_loss(model, data, removed: set[int]) -> float:
 @pytest.mark.parametrize("residual", RESIDUALS)
 def test_removing_a_sublayer_equals_running_the_remaining_ones(residual):
     model, data = tiny_model(residual), batches()
-    removals = plan_removals(model.config, "sublayer")
+    removals = plan_removals(model.config.n_sublayers, "sublayer")
     assert [(r.layer, r.kind, r.start, r.stop) for r in removals] == [
         (i, sub.kind, i, i + 1) for i, sub in enumerate(model.sublayers)
     ]
@@ -89,7 +89,7 @@ def test_removing_a_sublayer_equals_running_the_remaining_ones(residual):
 )
 def test_blocks_and_ranges_remove_every_sublayer_they_span(unit, range_size, removed):
     model, data = tiny_model("keel"), batches()
-    removals = plan_removals(model.config, unit, range_size=range_size)
+    removals = plan_removals(model.config.n_sublayers, unit, range_size=range_size)
     assert [set(range(r.start, r.stop)) for r in removals] == removed
     assert {r.kind for r in removals} == {"block" if range_size == 1 else "range"}
     with torch.no_grad():
@@ -109,7 +109,7 @@ def test_blocks_and_ranges_remove_every_sublayer_they_span(unit, range_size, rem
 )
 def test_cached_path_equals_naive_path_with_fewer_sublayer_passes(residual, unit, range_size):
     model, data = tiny_model(residual), batches()
-    removals = plan_removals(model.config, unit, range_size=range_size)
+    removals = plan_removals(model.config.n_sublayers, unit, range_size=range_size)
     steps = []
     cached = removal_losses(model, data, removals, on_step=lambda d, t: steps.append((d, t)))
     naive = removal_losses(model, data, removals, method="naive")
@@ -132,16 +132,16 @@ def test_parse_layers_and_its_errors():
         with pytest.raises(KeelError, match=words):
             parse_layers(spec, 8, "sublayer")
     model = tiny_model("keel")
-    assert [r.layer for r in plan_removals(model.config, "block", "0,2")] == [0, 2]
+    assert [r.layer for r in plan_removals(model.config.n_sublayers, "block", "0,2")] == [0, 2]
     with pytest.raises(KeelError, match="runs past the last block"):
-        plan_removals(model.config, "block", "2", range_size=2)
+        plan_removals(model.config.n_sublayers, "block", "2", range_size=2)
     with pytest.raises(KeelError, match="exceeds"):
-        plan_removals(model.config, "block", range_size=4)
+        plan_removals(model.config.n_sublayers, "block", range_size=4)
 
 
 def test_outputs_have_the_stated_columns(tmp_path):
     model, data = tiny_model("keel"), batches()
-    removals = plan_removals(model.config, "sublayer", "1-3")
+    removals = plan_removals(model.config.n_sublayers, "sublayer", "1-3")
     full, losses, passes = removal_losses(model, data, removals)
     res = RunAblation(
         "runs/x",
@@ -182,7 +182,7 @@ def test_plot_uses_relative_depth_and_abs_dppl_when_depths_differ():
         AblationCurve("b", [0, 1], [50.0, 1.0], 2),
     ]
     ax = ablation_figure(curves, unit="sublayer").axes[0]
-    assert "relative depth" in ax.get_xlabel() and ax.get_yscale() == "log"
+    assert "normalised depth" in ax.get_xlabel() and ax.get_yscale() == "log"
     a, hollow = ax.lines[0], ax.lines[1]
     assert list(a.get_xdata()) == [0.125, 0.375, 0.625, 0.875]
     assert list(a.get_ydata()) == [100.0, 0.5, 1e-4, 2.0]  # |dPPL|, floor 1e-4

@@ -206,6 +206,7 @@ def test_plot_grads_on_runs_writes_pngs_and_json(tmp_path):
         "name",
         "scheme",
         "n_sublayers",
+        "unit",
         "step",
         "param_grad_norm",
         "stream_grad_norm",
