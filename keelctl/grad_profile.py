@@ -10,17 +10,22 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from keelctl.model import ModelConfig
 from keelctl.model.residual import Rule, sublayer_rules
 
+if TYPE_CHECKING:  # matplotlib loads only when a figure is made (not on the train path)
+    from matplotlib.figure import Figure
+
 
 def new_figure(width: float = 7.0, height: float = 4.2) -> Figure:
     """A Figure on an Agg canvas (PNG/SVG/PDF output, no display)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -32,14 +37,16 @@ def new_figure(width: float = 7.0, height: float = 4.2) -> Figure:
 def skip_gain(rule: Rule) -> float:
     """Gain of one sub-layer's skip path when |F(x)| ~ |x| and F is orthogonal to x:
     LN_out(alpha*x + F) divides by |alpha*x + F| ~ sqrt(alpha^2 + 1)|x|, so the skip passes
-    alpha/sqrt(alpha^2 + 1) (Post-LN: 1/sqrt(2)); without an outer norm (Pre-LN) it passes 1."""
+    alpha/sqrt(alpha^2 + 1) (Post-LN: 1/sqrt(2)); without an outer norm it passes 1 (Pre-LN, and
+    Peri-LN and LayerNorm Scaling, whose norms and scale sit on the branch alone)."""
     return rule.alpha / math.sqrt(rule.alpha**2 + 1) if rule.norm_out else 1.0
 
 
 def theory_gain(cfg: ModelConfig) -> np.ndarray:
     """(L,) skip-path gain from the top of the stack down to the input of sub-layer l: the
     product of skip_gain over sub-layers l..L-1. Post-LN 2^(-(L-l)/2); Keel
-    (alpha/sqrt(alpha^2+1))^(L-l) above its first block; DeepNorm the same with its a; Pre-LN 1."""
+    (alpha/sqrt(alpha^2+1))^(L-l) above its first block; DeepNorm the same with its a; Pre-LN,
+    Peri-LN, LNS 1."""
     gains = np.array([skip_gain(rule) for rule in sublayer_rules(cfg)])
     return np.cumprod(gains[::-1])[::-1]
 
@@ -53,6 +60,8 @@ def theory_label(cfg: ModelConfig) -> str:
         "deepnorm": "(a/√(a²+1))^(L-l), a=(2N)^¼=" + f"{sublayer_rules(cfg)[0].alpha:.3g}",
         "mix_ln": "2^(-1/2) per Post-LN sub-layer",
         "hybridnorm": "2^(-1/2) per attention sub-layer (its outer norm)",
+        "peri_ln": "1 (identity skip; LN_F only bounds each update)",
+        "lns": "1 (identity skip; 1/√b scales the branch input only)",
     }[cfg.residual]
     return f"theory {cfg.residual} L={L}: {formula}"
 

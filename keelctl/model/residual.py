@@ -1,8 +1,9 @@
-"""The six residual schemes, side by side. Every sub-layer update is one instance of
+"""The eight residual schemes, side by side. Every sub-layer update is one instance of
 
-    x' = LN_out( alpha * x + F( LN_in(x) ) )
+    x' = LN_out( alpha * x + LN_F( F( s * LN_in(x) ) ) )
 
-where a scheme picks alpha and which of the two norms exist (a missing norm is the identity):
+where a scheme picks alpha, the input scale s (1 but for lns) and which of the three norms
+exist (a missing norm is the identity):
 
     pre_ln    x' = x + F(LN(x))                      alpha = 1, LN_in only
     post_ln   x' = LN(x + F(x))                      alpha = 1, LN_out only
@@ -13,6 +14,9 @@ where a scheme picks alpha and which of the two norms exist (a missing norm is t
     mix_ln    post_ln for the first mix_ln_fraction of blocks, pre_ln after
     hybridnorm attention  x' = LN(x + Attn_QKV(x))     Attn_QKV normalises q, k, v per head
                FFN        x' = x + FFN(x)               (ModelConfig.qkv_norm, on by default)
+    peri_ln   x' = x + LN_F(F(LN_in(x)))             LN_in and LN_F (the branch's output norm)
+    lns       x' = x + F(LN_in(x) / sqrt(b))         s = 1/sqrt(b), b the block counted from 1,
+                                                     on both sub-layers of block b
 
 N = n_blocks, L = n_sublayers = 2N. Keel's first block (paper v2): the first attention sub-layer
 is Pre-LN and the first FFN uses alpha = 1; v1 makes the whole first block Pre-LN.
@@ -28,6 +32,14 @@ function whether it ends the attention sub-layer (as here) or starts the FFN sub
 their code), so the model computes exactly their block; only what "removing one sub-layer"
 means differs (removing attention here removes the norm too). Their HybridNorm* variant (a
 Pre-Norm first block) is not offered.
+
+Peri-LN (Kim et al. 2025, arXiv 2502.02732) is OLMo-core's PeriNormTransformerBlock and Gemma 2's
+sandwich: x + post_norm(F(pre_norm(x))); every gain starts at 1 (OLMo-core builds both norms from
+one LayerNormConfig; Gemma 2's (1 + w) starts at w = 0), and a final norm precedes the head.
+LayerNorm Scaling (Sun et al. 2025, arXiv 2502.05795; lmsdss/LayerNorm-Scaling, norm type LNS,
+and OLMo-core's LayerNormScaledTransformerBlock) multiplies the pre-norm's output, gain
+included, by 1/sqrt(layer_index + 1) with layer_index the 0-based block: both sub-layers of a
+block share one scale. Gains start at 1, the final norm stays (it is Pre-LN otherwise).
 """
 
 from __future__ import annotations
@@ -45,17 +57,23 @@ class Rule:
     alpha: float
     norm_in: bool
     norm_out: bool
+    norm_branch: bool = False  # LN_F on F's output (Peri-LN)
+    in_scale: float = 1.0  # s, times LN_in(x) before F (LayerNorm Scaling)
 
     @property
     def equation(self) -> str:
         skip = "x" if self.alpha == 1 else f"{self.alpha:g}*x"
-        branch = "F(LN_in(x))" if self.norm_in else "F(x)"
+        inner = "LN_in(x)" if self.norm_in else "x"
+        if self.in_scale != 1:
+            inner = f"{self.in_scale:.4g}*{inner}"
+        branch = f"LN_F(F({inner}))" if self.norm_branch else f"F({inner})"
         return f"LN_out({skip} + {branch})" if self.norm_out else f"{skip} + {branch}"
 
 
 PRE_LN = Rule(alpha=1.0, norm_in=True, norm_out=False)
 POST_LN = Rule(alpha=1.0, norm_in=False, norm_out=True)
 PLAIN = Rule(alpha=1.0, norm_in=False, norm_out=False)
+PERI_LN = Rule(alpha=1.0, norm_in=True, norm_out=False, norm_branch=True)
 
 
 def deepnorm_alpha(n_blocks: int) -> float:
@@ -80,6 +98,11 @@ def _mix_ln(cfg: ModelConfig, i: int) -> Rule:
     return POST_LN if i // 2 < n_post_blocks else PRE_LN
 
 
+def lns_scale(block: int) -> float:
+    """LayerNorm Scaling's 1/sqrt(l), l = block + 1 (the block counted from 1)."""
+    return 1.0 / math.sqrt(block + 1)
+
+
 _SCHEMES = {
     "pre_ln": lambda cfg, i: PRE_LN,
     "post_ln": lambda cfg, i: POST_LN,
@@ -87,6 +110,8 @@ _SCHEMES = {
     "keel": _keel,
     "mix_ln": _mix_ln,
     "hybridnorm": lambda cfg, i: POST_LN if i % 2 == 0 else PLAIN,
+    "peri_ln": lambda cfg, i: PERI_LN,
+    "lns": lambda cfg, i: Rule(alpha=1.0, norm_in=True, norm_out=False, in_scale=lns_scale(i // 2)),
 }
 
 

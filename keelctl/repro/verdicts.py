@@ -4,12 +4,14 @@ A claim says "A's number is better than B's" (A is Keel, B a baseline, or for de
 gain, the deepest depth against the shallowest) on one number per seed (a max LR, a validation
 loss, a gradient ratio), where higher or lower is better:
 
-  - two or more seeds on each side: the intervals mean +- std (sample std) of the two groups.
-    Disjoint and in the claim's direction: "reproduced"; disjoint against it: "opposite";
-    overlapping: "not at this scale".
-  - one seed on a side: the two means. A difference within the tie band `tie` (an absolute
-    amount, stated with each claim): "not at this scale"; otherwise by direction, and the
-    verdict says "(single seed)".
+  - the practical-significance band, first, whatever the seeds: a difference of the means
+    within band = max(tie, 1% of the larger |mean|), `tie` an absolute amount stated with each
+    claim (0.01 nats/token for losses), is "not at this scale (tie)" ("(single seed)" for one
+    seed): a difference too small to matter is no finding, however many seeds agree on it.
+  - beyond the band, two or more seeds on each side: the intervals mean +- std (sample std) of
+    the two groups. Disjoint and in the claim's direction: "reproduced"; disjoint against it:
+    "opposite"; overlapping: "not at this scale".
+  - beyond the band, one seed on a side: by direction, and the verdict says "(single seed)".
   - no finished run on a side (a partial sweep): "no data yet", counted apart from the three.
   - a diverged run's loss is +inf, worse than any finite loss: every run on one side diverged
     and none on the other: decided by direction ("every B run diverged"); a side with only some
@@ -28,6 +30,8 @@ from typing import Literal
 
 REPRODUCED, NOT_AT_SCALE, OPPOSITE = "reproduced", "not at this scale", "opposite"
 NO_DATA = "no data yet"
+# The band's relative part: differences under 1% of the numbers compared are ties.
+REL_BAND = 0.01
 
 
 @dataclass(frozen=True)
@@ -75,21 +79,24 @@ def compare(
         return _with_failures(a, b, better)
     sign = 1.0 if better == "higher" else -1.0
     (mk, sk), (mb, sb) = mean_std(a), mean_std(b)
-    if len(a) > 1 and len(b) > 1:
-        gap = sign * (mk - mb)
-        if gap > sk + sb:
+    diff, width = sign * (mk - mb), band(mk, mb, tie)
+    several = len(a) > 1 and len(b) > 1
+    if abs(diff) <= width:
+        label = " (tie)" if several else " (single seed)"
+        return NOT_AT_SCALE + label, f"difference {abs(diff):.3g} within band {width:.3g}"
+    if several:
+        if diff > sk + sb:
             return REPRODUCED, "mean ± std intervals disjoint"
-        if -gap > sk + sb:
+        if -diff > sk + sb:
             return OPPOSITE, "mean ± std intervals disjoint"
         return NOT_AT_SCALE, "mean ± std intervals overlap"
-    diff = sign * (mk - mb)
-    if abs(diff) <= tie:
-        return (
-            NOT_AT_SCALE + " (single seed)",
-            f"difference {abs(mk - mb):.3g} within tie {tie:.3g}",
-        )
     verdict = REPRODUCED if diff > 0 else OPPOSITE
-    return verdict + " (single seed)", f"difference {abs(mk - mb):.3g} beyond tie {tie:.3g}"
+    return verdict + " (single seed)", f"difference {abs(diff):.3g} beyond band {width:.3g}"
+
+
+def band(mean_a: float, mean_b: float, tie: float) -> float:
+    """The practical-significance band: max(tie, 1% of the larger |mean|)."""
+    return max(tie, REL_BAND * max(abs(mean_a), abs(mean_b)))
 
 
 def _with_failures(a: Sequence[float], b: Sequence[float], better: str) -> tuple[str, str]:

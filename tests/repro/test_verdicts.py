@@ -28,10 +28,26 @@ def test_several_seeds_need_disjoint_mean_std_intervals():
 def test_single_seed_uses_the_tie_band_and_says_so():
     assert compare([1.0], [1.5], "lower", tie=0.1) == (
         REPRODUCED + " (single seed)",
-        "difference 0.5 beyond tie 0.1",
+        "difference 0.5 beyond band 0.1",
     )
     assert compare([1.0], [1.05], "lower", tie=0.1)[0] == NOT_AT_SCALE + " (single seed)"
     assert compare([2.0], [1.0], "lower")[0] == OPPOSITE + " (single seed)"
+
+
+def test_practical_significance_band_makes_a_small_difference_a_tie_whatever_the_seeds():
+    # design's final norm at 256 sub-layers: 0.0006 nats apart with tight, disjoint intervals
+    keel, variant = [2.1000, 2.1001, 2.0999], [2.1006, 2.1007, 2.1005]
+    assert compare(keel, variant, "lower", tie=0.01) == (
+        NOT_AT_SCALE + " (tie)",
+        "difference 0.0006 within band 0.021",  # 1% of 2.1006 beats the 0.01 floor
+    )
+    # beyond max(tie, 1%): the interval rule decides as before
+    assert compare([2.0, 2.01], [2.1, 2.11], "lower", tie=0.01)[0] == REPRODUCED
+    # the absolute floor rules where 1% of the numbers is smaller (values near 0)
+    assert compare([0.05, 0.051], [0.058, 0.059], "lower", tie=0.01)[0] == NOT_AT_SCALE + " (tie)"
+    # the relative part rules for large numbers: 0.5 apart at 100 is within 1%
+    assert compare([100.0], [100.5], "lower", tie=0.01)[0] == NOT_AT_SCALE + " (single seed)"
+    assert compare([100.0], [102.0], "lower", tie=0.01)[0] == REPRODUCED + " (single seed)"
 
 
 def test_missing_or_non_finite_data_is_not_a_verdict():
