@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -53,11 +54,48 @@ class UnwritablePath(KeelError, OSError):
         return f"cannot write {self.filename} ({self.strerror}); choose another location"
 
 
+class WriteFailed(KeelError):
+    """A write that the file system refused part way (out of space, an I/O error, a folder gone),
+    said in one line with what it needed and what is free. Nothing of it is left behind."""
+
+    def __init__(self, path: Path, error: Exception, needed: int | None, written: int):
+        try:
+            free = f"{shutil.disk_usage(path.parent).free:,} bytes free"
+        except OSError:
+            free = "its folder cannot be read"
+        need = f"about {needed:,} bytes" if needed else f"more than the {written:,} bytes written"
+        why = _reason(error)
+        super().__init__(
+            f"cannot write {path} ({why}): it needs {need} and {path.parent} has {free}; free "
+            "space or choose another location (the previous file there is intact)"
+        )
+
+
+def _reason(e: BaseException) -> str:
+    """The OS's words for a failed write (torch.save wraps the OSError of a file object's write
+    in a RuntimeError of its C++ writer), else the error's first line."""
+    cause = e
+    while cause is not None and not (isinstance(cause, OSError) and cause.strerror):
+        cause = cause.__cause__ or cause.__context__
+    if cause is not None:
+        return cause.strerror
+    return str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+
+
+def is_write_failure(e: Exception) -> bool:
+    """An OSError, or what torch.save (its C++ writer: "inline_container ... unexpected pos")
+    and safetensors ("I/O error ... (os error 28)") raise when the file system refuses a write."""
+    text = str(e)
+    return isinstance(e, OSError) or "inline_container" in text or "os error" in text
+
+
 @contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, needed: int | None = None) -> Iterator[Path]:
     """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds.
     The data is fsynced before the rename and the folder after it, so after a crash or kill
-    `path` holds either its old or its new content, never a part."""
+    `path` holds either its old or its new content, never a part. A write the file system
+    refuses (ENOSPC, EIO, ...) raises WriteFailed, saying `needed` bytes (the caller's estimate
+    of the file's size) and the bytes free."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -76,6 +114,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(folder)
         finally:
             os.close(folder)
+    except Exception as e:
+        if isinstance(e, KeelError) or not is_write_failure(e):
+            raise
+        written = os.path.getsize(tmp) if os.path.exists(tmp) else 0
+        raise WriteFailed(path, e, needed, written) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -98,9 +141,18 @@ def atomic_write_json(path: str | os.PathLike, data) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+# Model keys added after runs were recorded: left out of config_hash at these defaults, so a
+# model that does not use them keeps the hash its reports and results already show.
+_HASH_IGNORED_DEFAULTS = {"stream_dtype": "fp32", "norm_dtype": "fp32"}
+
+
 def config_hash(cfg: ModelConfig) -> str:
     """Short stable hash of a model config (names a model shape in reports)."""
-    blob = json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()
+    data = cfg.model_dump(mode="json")
+    for key, default in _HASH_IGNORED_DEFAULTS.items():
+        if data.get(key) == default:
+            del data[key]
+    blob = json.dumps(data, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
@@ -113,7 +165,8 @@ def save_model(
     from keelctl import __version__
 
     run_dir = Path(run_dir)
-    with atomic_path(run_dir / MODEL_WEIGHTS) as tmp:
+    needed = sum(t.nbytes for t in model.state_dict().values())
+    with atomic_path(run_dir / MODEL_WEIGHTS, needed) as tmp:
         st_save_model(model, str(tmp))
     meta = {
         "model": model.config.model_dump(mode="json"),

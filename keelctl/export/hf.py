@@ -13,6 +13,7 @@ either its old content or the complete export, never a part.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -23,7 +24,14 @@ from keelctl.errors import KeelError
 from keelctl.export.tokenizer import tokenizer_files
 from keelctl.model import ModelConfig, Transformer, sublayer_rules
 from keelctl.model.residual import uses_final_norm
-from keelctl.runs import MODEL_WEIGHTS, UnwritablePath, config_hash, load_model
+from keelctl.runs import (
+    MODEL_WEIGHTS,
+    UnwritablePath,
+    WriteFailed,
+    config_hash,
+    is_write_failure,
+    load_model,
+)
 
 REMOTE_CODE = Path(__file__).parent / "remote_code"
 CODE_FILES = ("configuration_keel.py", "modeling_keel.py")
@@ -63,7 +71,8 @@ def expected_parameters(cfg: ModelConfig) -> set[str]:
         kind, weights = ("attn", ("wq", "wk", "wv", "wo", *qkv)) if i % 2 == 0 else ("ffn", ffn)
         prefix = f"blocks.{i // 2}.{kind}"
         names |= {f"{prefix}.branch.{w}.weight" for w in weights}
-        names |= {f"{prefix}.{n}.weight" for n in ("norm_in", "norm_out") if getattr(rule, n)}
+        norms = ("norm_in", "norm_out", "norm_branch")
+        names |= {f"{prefix}.{n}.weight" for n in norms if getattr(rule, n)}
     return names
 
 
@@ -87,9 +96,7 @@ def hf_config(cfg: ModelConfig, context: int, eot_id: int) -> dict:
         "rms_norm_eps": cfg.norm_eps,
         # the context the run was trained at: what lm-eval's hf model uses as max_length
         "max_position_embeddings": context,
-        "sublayer_rules": [
-            {"alpha": r.alpha, "norm_in": r.norm_in, "norm_out": r.norm_out} for r in rules
-        ],
+        "sublayer_rules": [dataclasses.asdict(r) for r in rules],
         "final_norm": uses_final_norm(cfg, rules),
         "qkv_norm": cfg.uses_qkv_norm,
         "initializer_range": cfg.init_std,
@@ -149,10 +156,13 @@ def export_hf(run_dir: Path, output: Path, *, context: int, force: bool = False)
             )
             os.replace(output, old / output.name)
         os.replace(tmp, output)
-    except OSError as e:
+    except Exception as e:
+        if not is_write_failure(e):
+            raise
         if old is not None and not output.exists():  # put the previous export back
             os.replace(old / output.name, output)
-        raise UnwritablePath(e.errno, e.strerror, str(output)) from None
+        needed = sum(t.nbytes for t in model.state_dict().values())
+        raise WriteFailed(output, e, needed, 0) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None:

@@ -6,12 +6,17 @@ and the paper's "layers" are sub-layers, so `n_sublayers = 2 * n_blocks`.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Residual = Literal["keel", "pre_ln", "post_ln", "deepnorm", "mix_ln", "hybridnorm"]
-RESIDUALS: tuple[str, ...] = ("keel", "pre_ln", "post_ln", "deepnorm", "mix_ln", "hybridnorm")
+Residual = Literal[
+    "keel", "pre_ln", "post_ln", "deepnorm", "mix_ln", "hybridnorm", "peri_ln", "lns"
+]
+RESIDUALS: tuple[str, ...] = get_args(Residual)
+# Keel's own keys at a value other than their default: meaningless for the schemes that
+# postdate the paper, so asking for both is refused rather than silently ignored.
+KEEL_ONLY_DEFAULTS = {"alpha": None, "keel_first_block": "v2", "keel_inner_norm": True}
 
 
 class ModelConfig(BaseModel):
@@ -41,6 +46,14 @@ class ModelConfig(BaseModel):
     qkv_norm: Literal["auto"] | bool = Field(
         "auto", description="RMSNorm of q, k, v per head in attention; auto = on for hybridnorm"
     )
+    # Simulated numerics of bf16 implementations (computed in fp32, rounded to bf16's precision;
+    # docs/scale.md). fp32 is keelctl's precision policy.
+    stream_dtype: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: the stream and the skip sum rounded after each sub-layer"
+    )
+    norm_dtype: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: the gains of the norms whose output is the stream rounded"
+    )
 
     @model_validator(mode="after")
     def _check_shapes(self) -> ModelConfig:
@@ -52,6 +65,21 @@ class ModelConfig(BaseModel):
             )
         if self.head_dim % 2:
             raise ValueError(f"head_dim d_model/n_heads = {self.head_dim} must be even for RoPE")
+        keel_keys = [k for k, v in KEEL_ONLY_DEFAULTS.items() if getattr(self, k) != v]
+        if self.residual in ("peri_ln", "lns") and keel_keys:
+            raise ValueError(
+                f"Keel-only key(s) {', '.join(keel_keys)} do not apply to residual "
+                f"{self.residual}; remove them"
+            )
+        if self.norm_dtype == "bf16":
+            from keelctl.model.residual import sublayer_rules  # residual imports this module
+
+            if not any(rule.norm_out for rule in sublayer_rules(self)):
+                raise ValueError(
+                    "norm_dtype bf16 rounds the gains of the norms whose output is the residual "
+                    f"stream (LN_out), and residual {self.residual} has none here: use "
+                    "norm_dtype fp32 (stream_dtype bf16 applies to every scheme)"
+                )
         return self
 
     @property

@@ -93,12 +93,26 @@ class FeedForward(nn.Module):
         return [w for w in (self.w1, self.w3, self.w2) if w is not None]
 
 
+def rounded(x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """x rounded to `dtype`'s precision and kept in its own dtype (None: x as it is): how the
+    model simulates a bf16 implementation's numerics while computing in fp32. Gradients pass
+    through, rounded the same way, as they would through a bf16 copy."""
+    return x if dtype is None else x.to(dtype).to(x.dtype)
+
+
 class RMSNorm(nn.RMSNorm):
     """nn.RMSNorm that always computes in fp32 or wider and returns that dtype, whatever the
-    dtypes of its input and of its gain (FSDP's bf16 param_dtype makes the gain bf16; a bf16
-    gain next to an fp32 input would also miss torch's fused kernel)."""
+    dtypes of its input and of its gain (a bf16 gain next to an fp32 input would also miss
+    torch's fused kernel). keelctl keeps every gain fp32 on every path (FSDP2 shards the norms
+    in fp32 units, keelctl.train.scale); `gain_dtype` bf16 rounds the gain in the forward pass,
+    the numerics of an implementation that stores it in bf16 (ModelConfig.norm_dtype)."""
+
+    def __init__(self, dim: int, eps: float, gain_dtype: torch.dtype | None = None):
+        super().__init__(dim, eps=eps)
+        self.gain_dtype = gain_dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         wide = torch.promote_types(x.dtype, torch.float32)
+        gain = rounded(self.weight.to(wide), self.gain_dtype)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            return F.rms_norm(x.to(wide), self.normalized_shape, self.weight.to(wide), self.eps)
+            return F.rms_norm(x.to(wide), self.normalized_shape, gain, self.eps)

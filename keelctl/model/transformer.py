@@ -8,8 +8,11 @@ import torch
 from torch import nn
 
 from keelctl.model.config import ModelConfig
-from keelctl.model.layers import Attention, FeedForward, RMSNorm
+from keelctl.model.layers import Attention, FeedForward, RMSNorm, rounded
 from keelctl.model.residual import Rule, branch_init_scale, sublayer_rules, uses_final_norm
+
+# ModelConfig's stream_dtype / norm_dtype: what a value is rounded to (None: kept as computed)
+SIMULATED = {"fp32": None, "bf16": torch.bfloat16}
 
 
 def widened(x: torch.Tensor) -> torch.Tensor:
@@ -29,23 +32,36 @@ class Sublayer(nn.Module):
     Precision policy, the same for every scheme (docs/scale.md): the residual stream x, the
     skip sum and both norms are fp32 or wider, and so is the output; only the branch F runs in
     its compute dtype. In bf16 a Keel update, about 1/alpha of the normalised stream, would be
-    below the spacing of the numbers it is added to (2^-8 near 1) and vanish."""
+    below the spacing of the numbers it is added to (2^-8 near 1) and vanish. The config's
+    stream_dtype / norm_dtype bf16 simulate such an implementation by rounding (layers.rounded):
+    the skip sum and the output to bf16, LN_out's gain to bf16."""
 
     def __init__(self, kind: str, branch: nn.Module, rule: Rule, cfg: ModelConfig):
         super().__init__()
         self.kind, self.branch, self.rule = kind, branch, rule
         self.norm_in = RMSNorm(cfg.d_model, eps=cfg.norm_eps) if rule.norm_in else nn.Identity()
-        self.norm_out = RMSNorm(cfg.d_model, eps=cfg.norm_eps) if rule.norm_out else None
+        gain_dtype = SIMULATED[cfg.norm_dtype]
+        self.norm_out = (
+            RMSNorm(cfg.d_model, eps=cfg.norm_eps, gain_dtype=gain_dtype) if rule.norm_out else None
+        )
+        self.stream_dtype = SIMULATED[cfg.stream_dtype]
+        self.norm_branch = RMSNorm(cfg.d_model, eps=cfg.norm_eps) if rule.norm_branch else None
 
     def forward(self, x: torch.Tensor, **branch_kwargs) -> torch.Tensor:
         """branch_kwargs go to F (attention's `kv`: a KV cache layer while generating)."""
         x = widened(x)
-        f = self.branch(self.norm_in(x).to(compute_dtype(self.branch)), **branch_kwargs)
+        h = self.norm_in(x)
+        if self.rule.in_scale != 1:  # LayerNorm Scaling, in the stream's wide dtype
+            h = h * self.rule.in_scale
+        f = self.branch(h.to(compute_dtype(self.branch)), **branch_kwargs)
+        if self.norm_branch is not None:  # Peri-LN: F's output normalised, in fp32
+            f = self.norm_branch(f)
         if self.norm_out is None:
-            return x + f  # promotes a bf16 F to x's wide dtype
+            return rounded(x + f, self.stream_dtype)  # promotes a bf16 F to x's wide dtype
         with torch.autocast(device_type=x.device.type, enabled=False):
             s = torch.add(f, x, alpha=self.rule.alpha)  # alpha*x + F: one pass, in x's dtype
-            return self.norm_out(s)
+            s = rounded(s, self.stream_dtype)
+            return rounded(self.norm_out(s), self.stream_dtype)
 
     def extra_repr(self) -> str:
         return f"kind={self.kind}, x' = {self.rule.equation}"
@@ -109,7 +125,7 @@ class Transformer(nn.Module):
 
     def embed(self, idx: torch.Tensor) -> torch.Tensor:
         """The residual stream entering sub-layer 0: fp32 or wider even from a bf16 table."""
-        return widened(self.tok_emb(idx))
+        return rounded(widened(self.tok_emb(idx)), SIMULATED[self.config.stream_dtype])
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Final norm (where the scheme has one) and the LM head on the residual stream."""

@@ -9,6 +9,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import lightning as L
 import torch
 import yaml
 from lightning.pytorch.loggers import CSVLogger
@@ -43,6 +44,9 @@ RESUMABLE_CHANGES = frozenset(
         "trainer.keep_checkpoints",
         "trainer.loggers",
         "trainer.grad_flow_every",
+        "trainer.eval_every",
+        "trainer.eval_tasks",
+        "trainer.eval_limit",
         "trainer.compile",
         "trainer.activation_checkpointing",
         "trainer.spike_rollback.enabled",
@@ -214,6 +218,18 @@ def _diff(a: dict, b: dict, prefix: str = "") -> Iterator[str]:
             yield from _diff(va, vb, f"{prefix}{key}.")
         elif va != vb:
             yield f"{prefix}{key}"
+
+
+class StepLabels(L.Callback):
+    """Numbers every logged row (metrics.csv and the trackers) as the optimizer step it trained,
+    after any resume. Lightning's loggers number rows by a counter of their own
+    (fit_loop.epoch_loop._batches_that_stepped) which a checkpoint holds one short of the step,
+    and its restore adds the missing one for some save points only: a run finished at step 20
+    and resumed to 40 logged steps 19..38. Set from global_step before each batch (equal
+    anyway when nothing was resumed)."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        trainer.fit_loop.epoch_loop._batches_that_stepped = trainer.global_step
 
 
 def open_metrics(csv_logger: CSVLogger, run_dir: Path, resume_step: int) -> None:

@@ -6,7 +6,8 @@ launch: docs/scale.md.
     fsdp  FSDP2 (torch.distributed.fsdp.fully_shard) through Lightning's ModelParallelStrategy:
           one unit per Block plus the root (parameters, gradients and AdamW state sharded over
           all devices); under bf16-mixed, MixedPrecisionPolicy(param_dtype=bf16,
-          reduce_dtype=fp32) with the residual stream kept fp32 (keelctl.model.transformer);
+          reduce_dtype=fp32) with the residual stream kept fp32 (keelctl.model.transformer)
+          and each Block's norms an fp32 unit of their own;
           sharded checkpoints (torch.distributed.checkpoint), each a folder that replaces the
           previous one atomically.
 """
@@ -67,12 +68,25 @@ def mixed_precision_policy(precision: str) -> MixedPrecisionPolicy:
     )
 
 
+# The norms' own units: gains computed in fp32 under every precision.
+FP32_POLICY = MixedPrecisionPolicy(reduce_dtype=torch.float32, cast_forward_inputs=False)
+
+
 def shard_model(model: Transformer, mesh, precision: str) -> None:
-    """fully_shard each Block, then the root (embedding, final norm, head), as torchtitan does.
-    Call after activation checkpointing and compile (keelctl.train.compile)."""
+    """fully_shard each Block, then the root (embedding, final norm, head), as torchtitan does,
+    with the norms of each Block first as one unit of their own in fp32: a Keel LN_out gain
+    multiplies the residual stream itself, and bf16 rounding of its small learned deviations
+    from 1 compounds over depth (docs/scale.md, precision). Call after activation
+    checkpointing and compile (keelctl.train.compile)."""
     policy = mixed_precision_policy(precision)
     for block in model.blocks:
+        if precision == "bf16-mixed":
+            norms = [m for m in block.modules() if isinstance(m, torch.nn.RMSNorm)]
+            # gathered once per step: kilobytes, not worth a second gather for backward
+            fully_shard(norms, mesh=mesh, mp_policy=FP32_POLICY, reshard_after_forward=False)
         fully_shard(block, mesh=mesh, mp_policy=policy)
+    if precision == "bf16-mixed" and model.norm_f is not None:
+        fully_shard(model.norm_f, mesh=mesh, mp_policy=FP32_POLICY, reshard_after_forward=False)
     fully_shard(model, mesh=mesh, mp_policy=policy)
 
 
@@ -198,11 +212,22 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         if storage_options is not None:
             raise TypeError("AtomicCheckpointIO.save_checkpoint takes no storage_options")
-        with atomic_path(path) as tmp:
-            torch.save(checkpoint, tmp)
+        with atomic_path(path, needed=tensor_bytes(checkpoint)) as tmp, open(tmp, "wb") as f:
+            torch.save(checkpoint, f)  # a file object: a refused write is an OSError (errno)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
         return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+
+
+def tensor_bytes(obj) -> int:
+    """The bytes of every tensor in a (nested) checkpoint: about the size torch.save writes."""
+    if isinstance(obj, torch.Tensor):
+        return obj.nbytes
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
 
 
 def gathered_model(trainer: Trainer, module: LightningModule) -> Transformer | None:

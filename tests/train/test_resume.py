@@ -50,3 +50,38 @@ def test_stop_at_20_then_resume_to_40_equals_uninterrupted_40(
     summary = json.loads((tmp_path / "resumed" / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["resumed_from_step"] == 20
     assert summary["tokens_seen"] == 40 * 4 * 32
+
+
+def test_finished_at_20_then_resumed_to_40_numbers_each_step_once(tmp_path, tiny_args):
+    """A finished 20-step run resumed with --max-steps 40: rows 0..39 once each, numbered as
+    the step they trained, in metrics.csv and grads.csv; the resumed steps' LR is the 40-step
+    schedule's (an uninterrupted 40-step run's)."""
+    runner = CliRunner()
+    for run, steps, extra in (
+        ("straight", 40, []),
+        ("resumed", 20, []),
+        ("resumed", 40, ["--resume"]),
+    ):
+        args = [
+            "train",
+            *tiny_args("trainer.val_every=50", max_steps=steps),
+            "--run-dir",
+            str(tmp_path / run),
+            *extra,
+        ]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+    rows = columns(tmp_path / "resumed" / "metrics.csv", "train_loss", "lr")
+    trained = [int(r["step"]) for r in rows if r["train_loss"] != ""]
+    assert trained == list(range(40))
+    straight = {
+        r["step"]: r["lr"]
+        for r in columns(tmp_path / "straight" / "metrics.csv", "lr")
+        if r["lr"] != ""
+    }
+    resumed = {r["step"]: r["lr"] for r in rows if r["lr"] != ""}
+    for step in range(20, 40):
+        assert abs(float(resumed[str(step)]) - float(straight[str(step)])) <= 1e-12, step
+    grads = columns(tmp_path / "resumed" / "grads.csv", "sublayer")
+    pairs = [(r["step"], r["sublayer"]) for r in grads]
+    assert len(pairs) == len(set(pairs))

@@ -23,7 +23,8 @@ class KeelConfig(PretrainedConfig):
         rope_theta: float = 1e4,
         rms_norm_eps: float = 1e-5,
         max_position_embeddings: int = 1024,
-        sublayer_rules: list | None = None,  # [{"alpha": a, "norm_in": b, "norm_out": c}, ...]
+        # [{"alpha": a, "norm_in": b, "norm_out": c, "norm_branch": d, "in_scale": s}, ...]
+        sublayer_rules: list | None = None,
         final_norm: bool = False,
         qkv_norm: bool = False,  # RMSNorm of q, k, v per head before RoPE (HybridNorm)
         initializer_range: float = 0.02,

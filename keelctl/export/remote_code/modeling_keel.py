@@ -1,11 +1,11 @@
 """A keelctl model for Hugging Face transformers (written by `keelctl export --format hf`).
 
 Standalone: needs torch and transformers only. The math is keelctl's, for every residual
-scheme: each sub-layer is x' = LN_out(alpha * x + F(LN_in(x))) with the rule of config.json's
-`sublayer_rules`; the residual stream, the skip sum and every RMSNorm run in fp32 (or wider)
-whatever the branch dtype; causal attention with RoPE (rotate-half), grouped-query heads and
-optional per-head q/k/v norms (HybridNorm); an optional final norm; keys and values kept in
-transformers' cache while generating.
+scheme: each sub-layer is x' = LN_out(alpha * x + LN_F(F(s * LN_in(x)))) with the rule of
+config.json's `sublayer_rules`; the residual stream, the skip sum and every RMSNorm run in
+fp32 (or wider) whatever the branch dtype; causal attention with RoPE (rotate-half),
+grouped-query heads and optional per-head q/k/v norms (HybridNorm); an optional final norm;
+keys and values kept in transformers' cache while generating.
 Parameter names are keelctl's, so model.safetensors is keelctl's state dict.
 """
 
@@ -115,19 +115,27 @@ class KeelFeedForward(nn.Module):
 
 
 class KeelSublayer(nn.Module):
-    """x' = LN_out(alpha * x + F(LN_in(x))); a missing norm is the identity."""
+    """x' = LN_out(alpha * x + LN_F(F(s * LN_in(x)))); a missing norm is the identity, s is 1
+    but for LayerNorm Scaling (lns), LN_F exists for Peri-LN only."""
 
     def __init__(self, branch: nn.Module, rule: dict, config: KeelConfig):
         super().__init__()
         self.branch, self.alpha = branch, float(rule["alpha"])
+        self.in_scale = float(rule.get("in_scale", 1.0))
         eps = config.rms_norm_eps
         self.norm_in = RMSNorm(config.hidden_size, eps) if rule["norm_in"] else None
         self.norm_out = RMSNorm(config.hidden_size, eps) if rule["norm_out"] else None
+        has_branch_norm = rule.get("norm_branch", False)
+        self.norm_branch = RMSNorm(config.hidden_size, eps) if has_branch_norm else None
 
     def forward(self, x, positions, mask, cache):
         x = widened(x)  # the residual stream is fp32 (or wider) under every precision
         h = self.norm_in(x) if self.norm_in is not None else x
+        if self.in_scale != 1:
+            h = h * self.in_scale
         f = self.branch(h.to(next(self.branch.parameters()).dtype), positions, mask, cache)
+        if self.norm_branch is not None:
+            f = self.norm_branch(f)
         if self.norm_out is None:
             return x + f
         with torch.autocast(device_type=x.device.type, enabled=False):
@@ -149,6 +157,16 @@ class KeelPreTrainedModel(PreTrainedModel):
     config_class = KeelConfig
     base_model_prefix = "keel"
     _no_split_modules = ["KeelBlock"]
+    # Every norm gain stays fp32 when loaded with dtype=torch.bfloat16 (or float16): a Keel
+    # LN_out gain multiplies the residual stream, and rounding its small learned deviations
+    # from 1 compounds over depth (keelctl's docs/scale.md, precision). _strict: bf16 too.
+    _keep_in_fp32_modules = _keep_in_fp32_modules_strict = [
+        "norm_in",
+        "norm_out",
+        "norm_branch",
+        "norm_f",
+        "qkv_norm",
+    ]
     _supports_sdpa = True
 
     def _init_weights(self, module):

@@ -1,0 +1,251 @@
+"""precision: what the numerics of a bf16 Keel implementation cost at depth (issue 25).
+
+The public Keel implementations add alpha*x + F in the working dtype, bf16 in training, and keep
+the norm gains in it. keelctl keeps the stream, the skip sum and every gain fp32
+(docs/scale.md). Each variant here is depth-sweep's run (same depth, seed, LR, steps, warm-up)
+with one model key, simulated by rounding in fp32 compute:
+
+    fp32         keelctl's policy: depth-sweep's run itself (same run dir, hash and record)
+    bf16-gains   model.norm_dtype bf16: the LN_out gains, whose output is the stream, rounded
+    bf16-stream  model.stream_dtype bf16: the stream and every skip sum rounded after each
+                 sub-layer
+
+Runs: Keel at the main depth (design's deepest: 256 sub-layers on cpu) with every seed, Keel at
+the deep depth (scale-map's trains depth: 1024 on cpu) with the first seed, and Pre-LN at the
+main depth with the first seed as a control (Pre-LN has no LN_out, so no bf16-gains run).
+Per run: the final validation loss (summary.json) and the gradient level after training
+(|log10| of the stream-gradient ratio sub-layer 2 / top, from grads.csv: grad-flow's number).
+Claims, fixed before any run: at each depth, Keel in fp32 reaches a lower validation loss than
+Keel with bf16 gains, and than Keel with a bf16 stream; at the main depth, a bf16 stream raises
+Keel's loss more than Pre-LN's (the rise: the bf16-stream run's loss minus the fp32 run's at
+the same seed, higher = a larger cost). Differences under TIE nats/token are ties.
+"""
+
+from __future__ import annotations
+
+import math
+
+from keelctl.analysis.plots import new_figure
+from keelctl.repro.analyses import FROM, grad_level
+from keelctl.repro.context import Context, Protocol
+from keelctl.repro.plan import Outcome, Progress, RunSpec
+from keelctl.repro.report import Report, md_table
+from keelctl.repro.sweeps import TIE, final_loss, label, train_spec
+from keelctl.repro.verdicts import claim, fmt_group, mean_std
+
+# variant -> (what it changes, in words; the model keys it sets)
+VARIANTS = {
+    "fp32": ("keelctl's policy: stream, skip sum and gains fp32", {}),
+    "bf16-gains": ("LN_out gains rounded to bf16", {"norm_dtype": "bf16"}),
+    "bf16-stream": ("stream and skip sum rounded to bf16", {"stream_dtype": "bf16"}),
+}
+PAPER = "not measured: the paper does not say; the public implementations run bf16"
+
+
+def depths(ctx: Context) -> tuple[int, int]:
+    """(main depth, deep depth) in sub-layers: design's deepest, scale-map's trains depth."""
+    sc = ctx.scale
+    return sc.design_depths[-1], sc.map_trains_depths[0]
+
+
+def planned(ctx: Context) -> list[tuple[str, RunSpec]]:
+    """(variant, run): Keel at the main depth (every seed) and the deep one (first seed), the
+    Pre-LN control at the main depth (first seed, no bf16-gains)."""
+    sc = ctx.scale
+    main, deep = depths(ctx)
+    cells = [("keel", main, seed) for seed in ctx.seeds] + [
+        ("pre_ln", main, ctx.seeds[0]),
+        ("keel", deep, ctx.seeds[0]),
+    ]
+    out = []
+    for scheme, depth, seed in cells:
+        for variant, (_, keys) in VARIANTS.items():
+            if scheme == "pre_ln" and "norm_dtype" in keys:
+                continue  # Pre-LN has no gain on its stream (ModelConfig refuses it)
+            name = (
+                label(scheme, depth, sc.lr, seed)
+                if not keys
+                else f"precision-{variant}-{scheme}-L{depth}-s{seed}"
+            )
+            spec = train_spec(ctx, scheme, depth, seed, sc.lr, sc.steps, name, model=keys)
+            out.append((variant, spec))
+    return out
+
+
+def plan_precision(ctx: Context) -> list[RunSpec]:
+    return [spec for _, spec in planned(ctx)]
+
+
+def flags(variant: str) -> str:
+    """The variant's keys as `keelctl train` options (fp32: none, depth-sweep's run)."""
+    return " ".join(f"--set model.{k}={v}" for k, v in VARIANTS[variant][1].items()) or "(none)"
+
+
+def cell_of(spec: RunSpec) -> tuple[str, int]:
+    return spec.scheme, spec.depth
+
+
+def _grad_level_after(o: Outcome) -> float:
+    from keelctl.analysis.gradflow import read_grads
+
+    if o.summary.get("status") == "diverged":
+        return math.nan
+    return grad_level(read_grads(o.record).select(["last"])[0])
+
+
+def _rise(group: dict[str, list[Outcome]]) -> list[float]:
+    """bf16-stream's final loss minus fp32's at the same seed (same data order)."""
+    fp32 = {o.spec.seed: final_loss(o) for o in group["fp32"]}
+    return [final_loss(o) - fp32[o.spec.seed] for o in group["bf16-stream"] if o.spec.seed in fp32]
+
+
+Groups = dict[tuple[str, int], dict[str, list[Outcome]]]  # (scheme, depth) -> variant -> runs
+
+
+def grouped(ctx: Context, outcomes: list[Outcome]) -> Groups:
+    """The finished runs by (scheme, depth) and variant, the planned variants only."""
+    plan = planned(ctx)
+    variant_of = {spec.run_dir: variant for variant, spec in plan}
+    cells = sorted({cell_of(s) for _, s in plan}, key=lambda c: (c[1], c[0]))
+    return {
+        cell: {
+            v: [o for o in outcomes if cell_of(o.spec) == cell and variant_of[o.spec.run_dir] == v]
+            for v in VARIANTS
+            if any(cell_of(s) == cell and pv == v for pv, s in plan)
+        }
+        for cell in cells
+    }
+
+
+def _table(groups: Groups) -> str:
+    rows = []
+    for (scheme, depth), group in groups.items():
+        for variant, runs in group.items():
+            diverged = sum(o.summary.get("status") == "diverged" for o in runs)
+            rows.append(
+                (
+                    scheme,
+                    depth,
+                    variant,
+                    flags(variant),
+                    len(runs),
+                    fmt_group([final_loss(o) for o in runs]),
+                    fmt_group([_grad_level_after(o) for o in runs], ".3g"),
+                    f"{diverged}/{len(runs)}" if runs else "n/a",
+                )
+            )
+    headers = ("scheme", "sub-layers", "variant", "recipe keys", "n", "val loss", "grad level")
+    return md_table((*headers, "diverged"), rows)
+
+
+def _claims(ctx: Context, groups: Groups) -> list:
+    """The claims fixed before any run (module docstring), in order."""
+    out = []
+    for (scheme, depth), group in groups.items():
+        if scheme != "keel":
+            continue
+        fp32 = [final_loss(o) for o in group["fp32"]]
+        for variant in ("bf16-gains", "bf16-stream"):
+            text = (
+                f"{depth} sub-layers: Keel with keelctl's fp32 policy reaches a lower validation "
+                f"loss than Keel with {VARIANTS[variant][0]}"
+            )
+            other = [final_loss(o) for o in group[variant]]
+            out.append(claim(text, PAPER, fp32, other, "lower", TIE, names=("fp32", variant)))
+    main, _ = depths(ctx)
+    text = (
+        f"{main} sub-layers: a bf16 stream raises Keel's validation loss more than Pre-LN's "
+        "(the rise: bf16-stream minus fp32, same seed)"
+    )
+    keel, pre_ln = _rise(groups["keel", main]), _rise(groups["pre_ln", main])
+    out.append(claim(text, PAPER, keel, pre_ln, "higher", TIE, names=("keel rise", "pre_ln rise")))
+    return out
+
+
+def analyse_precision(
+    ctx: Context, outcomes: list[Outcome], report: Report, progress: Progress
+) -> None:
+    sc = ctx.scale
+    progress.report("precision: reading records", progress.total)
+    groups = grouped(ctx, outcomes)
+    report.add(
+        f"{sc.steps} steps at LR {sc.lr:g} (warm-up 10% then cosine, as depth-sweep); each "
+        "variant is depth-sweep's recipe plus the keys shown, simulated by rounding in fp32 "
+        "(docs/scale.md); n = recorded seeds; val loss = final validation loss (nats/token, lower "
+        f"is better); grad level = |log10| of the stream-gradient ratio sub-layer {FROM} / top "
+        "after training (decades, 0 = level). Depth in sub-layers.",
+        _table(groups),
+    )
+    report.verdicts.extend(_claims(ctx, groups))
+    losses = {
+        cell: {v: [final_loss(o) for o in runs] for v, runs in g.items()}
+        for cell, g in groups.items()
+    }
+    report.figure(
+        loss_figure(losses),
+        "precision-val-loss.png",
+        "Final validation loss per variant, one panel per scheme and depth (mean ± std over seeds)",
+    )
+    report.figure(
+        grads_figure(groups),
+        "precision-stream-grads.png",
+        "Residual-stream gradient norm per sub-layer after training (first seed), per variant",
+    )
+
+
+def loss_figure(losses: dict[tuple[str, int], dict[str, list[float]]]):
+    """One panel per (scheme, depth): each variant's final validation loss, mean ± std over its
+    finite values (a variant with none gets no point)."""
+    fig = new_figure(max(4.5, 3.6 * len(losses)), 3.8)
+    axes = fig.subplots(1, max(1, len(losses)), squeeze=False)[0]
+    for ax, ((scheme, depth), by_variant) in zip(axes, losses.items(), strict=False):
+        for k, values in enumerate(by_variant.values()):
+            finite = [v for v in values if math.isfinite(v)]
+            if finite:
+                m, s = mean_std(finite)
+                ax.errorbar([k], [m], yerr=[s], marker="o", capsize=3, color=f"C{k}")
+        ax.set_xticks(
+            range(len(by_variant)),
+            [f"{n} (n={len(v)})" for n, v in by_variant.items()],
+            rotation=30,
+            ha="right",
+        )
+        ax.set(title=f"{scheme}, {depth} sub-layers", ylabel="final validation loss (nats/token)")
+        ax.grid(alpha=0.3)
+    return fig
+
+
+def grads_figure(groups: Groups):
+    """One panel per (scheme, depth): |dL/dx| on the residual stream entering each sub-layer at
+    the last recorded step of the first seed's run, one line per variant (log scale)."""
+    from keelctl.analysis.gradflow import read_grads
+
+    fig = new_figure(max(4.5, 3.6 * len(groups)), 3.8)
+    axes = fig.subplots(1, max(1, len(groups)), squeeze=False)[0]
+    for ax, ((scheme, depth), by_variant) in zip(axes, groups.items(), strict=False):
+        for k, (name, runs) in enumerate(by_variant.items()):
+            if runs and runs[0].summary.get("status") != "diverged":
+                curve = read_grads(runs[0].record).select(["last"])[0]
+                ax.plot(curve.stream_grad_norm, label=name, color=f"C{k}")
+        ax.set(
+            title=f"{scheme}, {depth} sub-layers",
+            xlabel="sub-layer",
+            yscale="log",
+            ylabel="|dL/dx| into the sub-layer",
+        )
+        ax.grid(alpha=0.3)
+        if ax.lines:  # a cell with no finished run yet has none
+            ax.legend(fontsize=7)
+    return fig
+
+
+PRECISION = Protocol(
+    name="precision",
+    title="What bf16 numerics cost Keel at depth (a bf16 stream, bf16 norm gains)",
+    claim="keelctl keeps Keel's residual stream, skip sum and norm gains fp32; the public "
+    "implementations keep them bf16. Keel in fp32 reaches a lower validation loss than Keel with "
+    "its LN_out gains rounded to bf16 and than Keel with its stream and skip sum rounded to bf16, "
+    "at each depth; and a bf16 stream costs Keel more than it costs Pre-LN.",
+    plan=plan_precision,
+    analyse=analyse_precision,
+)
