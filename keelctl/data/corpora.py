@@ -2,6 +2,8 @@
 
 Specs (docs/data.md):
     builtin:python-stdlib   the running Python's standard-library *.py sources
+    builtin:hops[-N]        N (default 2,000) documents of generated variable-tracking programs
+                            (keelctl/data/hops.py); builtin:hops+python-stdlib mixes, in order
     PATH | DIR | GLOB       local text (jsonl: one document per line, parquet: one per row)
     hf:NAME[:CONFIG]        a Hugging Face dataset (hub name, local data dir, or save_to_disk dir)
 
@@ -25,7 +27,7 @@ from pathlib import Path
 
 from keelctl.errors import KeelError
 
-BUILTINS = ("python-stdlib",)
+BUILTINS = ("python-stdlib", "hops", "hops-N")
 SPLITS = ("train", "val")
 
 # Extensions picked up when walking a directory; an explicitly named file is read whatever it is.
@@ -80,6 +82,10 @@ class Corpus:
         for path in files:
             st = path.stat()
             stats.append([path.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns])
+        if any(n.startswith("hops") for n in _builtin_names(self.spec)):
+            from keelctl.data.hops import VERSION
+
+            return {"spec": self.spec, "files": stats, "hops_version": VERSION}
         return {"spec": self.spec, "files": stats}
 
     def size_hint(self) -> int | None:
@@ -159,7 +165,17 @@ def val_cap(max_bytes: int | None, val_fraction: float) -> int | None:
 
 
 def _keyed_documents(spec: str, text_field: str) -> Iterator[tuple[str, str]]:
-    """(stable key, text) pairs for builtin and local specs, in sorted key order."""
+    """(stable key, text) pairs for builtin and local specs, in sorted key order (a mix of
+    builtins: each in the spec's order)."""
+    if spec.startswith("builtin:"):
+        for name in _builtin_names(spec):
+            if name == "python-stdlib":
+                yield from python_stdlib_documents()
+            else:
+                from keelctl.data.hops import hops_documents
+
+                yield from hops_documents(_hops_count(name))
+        return
     root, files = _source_files(spec)
     for path in files:
         key = path.relative_to(root).as_posix()
@@ -174,11 +190,36 @@ def _keyed_documents(spec: str, text_field: str) -> Iterator[tuple[str, str]]:
 
 def _source_files(spec: str) -> tuple[Path, list[Path]]:
     if spec.startswith("builtin:"):
-        name = spec.removeprefix("builtin:")
-        if name != "python-stdlib":
-            raise KeelError(f"unknown builtin corpus {name!r}; available: {', '.join(BUILTINS)}")
-        return _stdlib_files()
+        if "python-stdlib" in _builtin_names(spec):
+            return _stdlib_files()
+        return Path("."), []  # generated: no files
     return _resolve_local(spec)
+
+
+def _builtin_names(spec: str) -> list[str]:
+    """The builtins a builtin:A+B spec mixes, checked; [] for any other spec."""
+    if not spec.startswith("builtin:"):
+        return []
+    names = spec.removeprefix("builtin:").split("+")
+    for name in names:
+        if name != "python-stdlib" and _hops_count(name) is None:
+            raise KeelError(
+                f"unknown builtin corpus {name!r}; available: {', '.join(BUILTINS)} "
+                "(mix them with +, e.g. builtin:hops+python-stdlib)"
+            )
+    if len(set(names)) < len(names):
+        raise KeelError(f"corpus {spec!r} names a builtin twice; name each once")
+    return names
+
+
+def _hops_count(name: str) -> int | None:
+    """Documents of builtin:hops or builtin:hops-N; None for another name."""
+    from keelctl.data.hops import CORPUS_DOCUMENTS
+
+    if name == "hops":
+        return CORPUS_DOCUMENTS
+    count = name.removeprefix("hops-")
+    return int(count) if name.startswith("hops-") and count.isdigit() and int(count) > 0 else None
 
 
 def _stdlib_files() -> tuple[Path, list[Path]]:

@@ -7,7 +7,13 @@ import math
 
 import pytest
 
-from keelctl.eval.tasks import BUNDLED_TAG, BUNDLED_TASKS, TASKS_DIR, bundled_dataset
+from keelctl.eval.tasks import (
+    BUNDLED_TAG,
+    BUNDLED_TASKS,
+    HOPS_TAG,
+    TASKS_DIR,
+    bundled_dataset,
+)
 from keelctl.eval.tasks.build import nextline_items, rolling_items
 
 DOCS = [
@@ -56,7 +62,7 @@ def test_committed_data_is_small_and_well_formed():
 def test_bundled_index_knows_tasks_and_tag():
     from keelctl.eval.harness import task_manager
 
-    assert set(task_manager(True).all_tasks) == {*BUNDLED_TASKS, BUNDLED_TAG}
+    assert set(task_manager(True).all_tasks) == {*BUNDLED_TASKS, BUNDLED_TAG, HOPS_TAG}
 
 
 def test_simple_evaluate_on_bundled_tasks_returns_numbers(model_run_dir):
