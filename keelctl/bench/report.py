@@ -72,6 +72,37 @@ def bench_table(doc: dict) -> Table:
     return table
 
 
+def _ratio(s: dict | None) -> str:
+    return "-" if s is None else f"{s['median']:.3f} [{s['min']:.3f}-{s['max']:.3f}]"
+
+
+def ratio_table(doc: dict) -> Table:
+    """Each ratio's median over the rounds of --repeats, [min-max] beside it, CPU and wall."""
+    rounds = doc["options"]["repeats"]
+    table = Table(
+        # "\\[" is a literal "[" in rich markup
+        title=f"ratios over {rounds} interleaved rounds: median \\[min-max]",
+        caption="depth in sub-layers; /pre_ln: bare-loop step time over pre_ln's at that depth "
+        "in the same round; L/bare: Lightning's step time over the bare loop's; cpu: CPU time "
+        "of the step (steadier on a busy machine), wall: wall-clock time",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    for col in ("scheme", "depth", "/pre_ln cpu", "/pre_ln wall", "L/bare cpu", "L/bare wall"):
+        table.add_column(col, justify="left" if col == "scheme" else "right", no_wrap=True)
+    for e in doc["ratios"]:
+        table.add_row(
+            e["scheme"],
+            str(e["depth_sublayers"]),
+            *(
+                _ratio(e[f"{name}_{clock}"])
+                for name in ("vs_pre_ln", "lightning_over_bare")
+                for clock in ("cpu", "wall")
+            ),
+        )
+    return table
+
+
 def bench_figure(doc: dict):
     """Tokens/s (left) and peak memory (right) against depth, a line per scheme (bare loop)."""
     from matplotlib.figure import Figure  # no pyplot: no global state, nothing to close
@@ -80,6 +111,7 @@ def bench_figure(doc: dict):
     ax_speed, ax_mem = fig.subplots(1, 2)
     for scheme in dict.fromkeys(r["scheme"] for r in doc["results"]):
         rows = [r for r in doc["results"] if r["scheme"] == scheme and r["bare"]]
+        rows = [r for r in rows if r.get("round", 0) == 0]  # --repeats: the first round's
         depths = [r["depth_sublayers"] for r in rows]
         ax_speed.plot(depths, [r["bare"]["tokens_per_s"] for r in rows], marker="o", label=scheme)
         mem = [

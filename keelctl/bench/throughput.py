@@ -24,6 +24,7 @@ from keelctl.bench.clock import StepClock
 from keelctl.bench.flops import flops_params, flops_per_token, mfu, peak_flops
 from keelctl.bench.lightning_path import time_lightning
 from keelctl.bench.memory import PeakMemory
+from keelctl.bench.ratios import ratio_summary
 from keelctl.config import RecipeConfig, recipe_from_dict
 from keelctl.errors import KeelError
 from keelctl.model import RESIDUALS, build_model, count_parameters
@@ -56,6 +57,7 @@ class BenchOptions:
     activation_checkpointing: bool = False
     lightning: bool = True
     threads: int | None = None  # CPU threads; None = torch's default, at most the idle cores
+    repeats: int = 1  # rounds over every (scheme, depth, path), interleaved (keelctl.bench.ratios)
     seed: int = 0
 
     def validate(self) -> BenchOptions:
@@ -79,6 +81,8 @@ class BenchOptions:
             raise KeelError("steps, seq-len, batch-size, d-model and threads must be >= 1")
         if self.warmup < 0:
             raise KeelError("warmup must be >= 0")
+        if self.repeats < 1:
+            raise KeelError(f"--repeats {self.repeats} must be at least 1")
         return self
 
     def recipe(self, scheme: str, depth: int) -> RecipeConfig:
@@ -176,8 +180,9 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
-def bench_one(opts: BenchOptions, scheme: str, depth: int) -> dict:
-    """Bench one (scheme, depth): both paths, each with its own peak-memory measurement."""
+def bench_one(opts: BenchOptions, scheme: str, depth: int, lightning_first: bool = False) -> dict:
+    """Bench one (scheme, depth): both paths, each with its own peak-memory measurement;
+    lightning_first swaps their order (rounds alternate it, as they do the schemes')."""
     recipe = opts.recipe(scheme, depth)
     cfg = recipe.model
     device = torch.device(opts.device)
@@ -200,6 +205,8 @@ def bench_one(opts: BenchOptions, scheme: str, depth: int) -> dict:
         "error": None,
     }
     paths = [("bare", time_bare)] + ([("lightning", time_lightning)] if opts.lightning else [])
+    if lightning_first:
+        paths.reverse()
     for name, timer in paths:
         torch.manual_seed(opts.seed)
         try:
@@ -215,14 +222,14 @@ def bench_one(opts: BenchOptions, scheme: str, depth: int) -> dict:
 
 
 def _relative_to_pre_ln(rows: list[dict]) -> None:
-    """step_time / pre_ln's step_time at the same depth (bare path), where both exist."""
+    """step_time / pre_ln's step_time at the same depth in the same round (bare path)."""
     base = {
-        r["depth_sublayers"]: r["bare"]["step_time_s"]
+        (r["round"], r["depth_sublayers"]): r["bare"]["step_time_s"]
         for r in rows
         if r["scheme"] == "pre_ln" and r["bare"]
     }
     for r in rows:
-        ref = base.get(r["depth_sublayers"])
+        ref = base.get((r["round"], r["depth_sublayers"]))
         r["vs_pre_ln"] = r["bare"]["step_time_s"] / ref if r["bare"] and ref else None
 
 
@@ -263,9 +270,11 @@ def _idle_cores(default: int) -> int:
 
 
 def run_bench(opts: BenchOptions, on_row: Callable[[dict], None] | None = None) -> dict:
-    """All configurations, depth-major, as the JSON document `keelctl bench --output` writes.
-    Schemes are interleaved and their order alternates from depth to depth, so neither drift
-    in a shared machine's load nor going first at a new size favours one scheme.
+    """All configurations, depth-major, as the JSON document `keelctl bench --output` writes,
+    `repeats` times over (rows carry their round). Schemes are interleaved and their order
+    alternates from depth to depth and round to round, and the two paths swap order every
+    round, so neither drift in a shared machine's load nor going first favours one of them;
+    doc["ratios"] has each ratio's median over the rounds with its spread.
     on_row is called with each result row as it finishes."""
     opts.validate()
     device = torch.device(opts.device)
@@ -281,13 +290,17 @@ def run_bench(opts: BenchOptions, on_row: Callable[[dict], None] | None = None) 
         # workspace, lazy init) would otherwise land on the first row's time and memory.
         plain = replace(opts, compile=False, activation_checkpointing=False)
         time_bare(plain.recipe(opts.schemes[0], opts.depths[0]), _batches(opts)[:1], device)
-        for i, depth in enumerate(opts.depths):
-            for scheme in opts.schemes if i % 2 == 0 else opts.schemes[::-1]:
-                doc["results"].append(bench_one(opts, scheme, depth))
-                if on_row:
-                    on_row(doc["results"][-1])
+        for round_ in range(opts.repeats):
+            for i, depth in enumerate(opts.depths):
+                flip = (i + round_) % 2 == 1
+                for scheme in opts.schemes[::-1] if flip else opts.schemes:
+                    row = bench_one(opts, scheme, depth, lightning_first=round_ % 2 == 1)
+                    doc["results"].append({"round": round_, **row})
+                    if on_row:
+                        on_row(doc["results"][-1])
     finally:
         torch.set_num_threads(threads)
     doc["meta"]["load_avg_1m"].append(os.getloadavg()[0])
     _relative_to_pre_ln(doc["results"])
+    doc["ratios"] = ratio_summary(doc["results"])
     return doc

@@ -47,6 +47,11 @@ def bench(
     threads: int | None = typer.Option(
         None, "--threads", help="CPU threads (default: torch's, at most the idle cores)."
     ),
+    repeats: int = typer.Option(
+        1,
+        "--repeats",
+        help="Time everything N times, interleaved; report each ratio's median and spread.",
+    ),
     output: Path | None = typer.Option(None, "--output", help="Write results as JSON here."),
     plot: Path | None = typer.Option(
         None, "--plot", help="PNG of tokens/s and memory vs depth. Default: --output's .png."
@@ -56,7 +61,7 @@ def bench(
 
     Defaults finish in about a minute on 2 CPU cores; the paper's shapes need a GPU."""
     from keelctl.bench import BenchOptions, run_bench
-    from keelctl.bench.report import bench_figure, bench_table
+    from keelctl.bench.report import bench_figure, bench_table, ratio_table
     from keelctl.runs import atomic_path, atomic_write_json
 
     opts = BenchOptions(
@@ -77,8 +82,9 @@ def bench(
         activation_checkpointing=activation_checkpointing,
         lightning=lightning,
         threads=threads,
+        repeats=repeats,
     ).validate()
-    total = len(opts.schemes) * len(opts.depths)
+    total = len(opts.schemes) * len(opts.depths) * opts.repeats
     with console.status(f"benchmarking 1/{total}") as status:
         done = []
 
@@ -91,6 +97,8 @@ def bench(
 
         doc = run_bench(opts, on_row=on_row)
     console.print(bench_table(doc))
+    if opts.repeats > 1:
+        console.print(ratio_table(doc))
     load, cores = doc["meta"]["load_avg_1m"][0], doc["meta"]["cpu_count"]
     if opts.device == "cpu" and load > cores:
         console.print(

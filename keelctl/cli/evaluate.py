@@ -13,7 +13,12 @@ from keelctl.cli.app import command, console
 
 @command("eval")
 def eval_command(
-    runs: list[Path] = typer.Argument(..., help="Run dirs (made by `keelctl train`)."),
+    runs: list[str] = typer.Argument(
+        ...,
+        metavar="MODEL...",
+        help="Run dirs (made by `keelctl train`), transformers model folders or "
+        "hf:NAME[@REVISION], mixed freely.",
+    ),
     data: str | None = typer.Option(
         None,
         "--data",
@@ -33,6 +38,19 @@ def eval_command(
     batch_size: int = typer.Option(8, "--batch-size", help="Sequences per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
     output: Path | None = typer.Option(None, "--output", help="Write the results JSON here."),
+    dtype: str = typer.Option(
+        "float32", "--dtype", help="transformers models: float32, bfloat16 or float16."
+    ),
+    device_map: str | None = typer.Option(
+        None, "--device-map", help="transformers models: auto spreads one over every GPU."
+    ),
+    checkpoints: str | None = typer.Option(
+        None,
+        "--checkpoints",
+        help="Score the step checkpoints the run dirs kept (trainer.keep_checkpoints): 'all' "
+        "or steps such as 1000,2000; a row per run and step, and a figure against tokens "
+        "(OUTPUT.png, default eval-checkpoints.png).",
+    ),
 ) -> None:
     """Perplexity and bits per byte on held-out text, plus lm-eval tasks: a column per run."""
     from keelctl.eval.harness import parse_tasks
@@ -40,6 +58,11 @@ def eval_command(
 
     for name in ("lm_eval", "lm-eval"):  # the table says it all
         logging.getLogger(name).setLevel(logging.ERROR)
+    if checkpoints is not None:
+        options = dict(data=data, tasks=parse_tasks(tasks), num_fewshot=num_fewshot, limit=limit)
+        options.update(batch_size=batch_size, device=device, output=output)
+        _eval_checkpoints([Path(r) for r in runs], checkpoints, options)
+        return
     report = evaluate_runs(
         runs,
         data=data,
@@ -49,6 +72,8 @@ def eval_command(
         batch_size=batch_size,
         device=device,
         output=output,
+        dtype=dtype,
+        device_map=device_map,
     )
     table = Table(
         "",
@@ -60,3 +85,23 @@ def eval_command(
     console.print(table)
     if output is not None:
         console.print(f"wrote {output}")
+
+
+def _eval_checkpoints(runs: list[Path], checkpoints: str, options: dict) -> None:
+    from keelctl.eval.checkpoints import (
+        checkpoints_figure,
+        evaluate_checkpoints,
+        table_rows,
+        write_figure,
+    )
+
+    output = options["output"]
+    figure = output.with_suffix(".png") if output is not None else Path("eval-checkpoints.png")
+    report = evaluate_checkpoints(runs, checkpoints, **options)
+    header, rows = table_rows(report)
+    table = Table(*header, title=f"keelctl eval --checkpoints ({report['settings']['device']})")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    write_figure(checkpoints_figure(report["rows"]), figure)
+    console.print(f"wrote {figure}" + (f" and {output}" if output is not None else ""))

@@ -16,7 +16,9 @@ from keelctl.errors import KeelError
 @command("repro")
 def repro(
     protocol: str = typer.Argument(
-        ..., help="max-lr, lr-sweep, depth-sweep, grad-flow, redundancy, scale-map or design."
+        ...,
+        help="max-lr, lr-sweep, depth-sweep, grad-flow, redundancy, scale-map, design, "
+        "precision, hops or tuned.",
     ),
     scale: str = typer.Option("cpu", "--scale", help="micro (tests), cpu or gpu (paper shapes)."),
     seeds: int = typer.Option(1, "--seeds", help="Seeds per configuration (mean ± std if > 1)."),
@@ -48,12 +50,16 @@ def repro(
     depths: str | None = typer.Option(
         None, "--depths", help="Train only runs at these depths (sub-layers), e.g. 64,256."
     ),
+    lrs: str | None = typer.Option(
+        None, "--lrs", help="tuned: the LR grid, at least two, e.g. 1.5e-3,3e-3,6e-3,1.2e-2."
+    ),
 ) -> None:
     """Run one of the paper's protocols: train what is missing, analyse, write OUT/report.md."""
     from keelctl.repro import make_context, plan_protocol, run_protocol
 
     out = out or Path("repro") / f"{protocol}-{scale}"
-    ctx = make_context(protocol, scale, seeds, out, runs_dir, overrides)
+    grid = _lrs(lrs)
+    ctx = make_context(protocol, scale, seeds, out, runs_dir, overrides, grid)
     only = _depths(depths)
     if plan_only:
         _print_plan(ctx, plan_protocol(ctx), jobs, only)
@@ -82,6 +88,7 @@ def repro(
             jobs=jobs,
             train=train,
             depths=only,
+            lrs=grid,
         )
     lines = report.read_text().splitlines()
     console.print(next((line for line in lines if line.startswith("**Verdicts")), ""))
@@ -97,27 +104,46 @@ def _depths(text: str | None) -> list[int] | None:
         raise KeelError(f"--depths {text!r}: give sub-layer counts separated by commas") from None
 
 
+def _lrs(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise KeelError(f"--lrs {text!r}: give learning rates separated by commas") from None
+
+
 def _print_plan(ctx, specs, jobs: int, only: list[int] | None) -> None:
     from keelctl.repro.budget import recorded_rate, run_s, scratch_s
     from keelctl.repro.protocol import check_depths, get_protocol
 
     check_depths(specs, only)
-    measures = get_protocol(ctx.protocol).measures
+    proto = get_protocol(ctx.protocol)
+    measures = proto.measures
     table = Table(title=f"repro {ctx.protocol} --scale {ctx.scale.name}: plan (sub-layers)")
     for col in ("run", "scheme", "sub-layers", "seed", "lr", "steps", "tokens/step", "left"):
         table.add_column(col)
     costs = []
-    for spec in specs:
+    # a staged plan's later runs (tuned): LR and seed chosen from its records, costed from scratch
+    stand_ins = proto.pending(ctx) if proto.pending else []
+    for k, spec in enumerate([*specs, *stand_ins]):
         r, per_step = spec.recipe, spec.recipe.sequences_per_step
         skipped = only is not None and spec.depth not in only
-        cost = 0 if skipped else run_s(ctx.scale, spec, ctx.out, measures)
+        later = k >= len(specs)
+        if skipped:
+            cost = 0
+        elif later:
+            no_rate = ctx.scale.step_s_per_sublayer is None
+            cost = None if no_rate else scratch_s(ctx.scale, spec, measures)
+        else:
+            cost = run_s(ctx.scale, spec, ctx.out, measures)
         costs.append(cost)
         table.add_row(
-            spec.name,
+            "(chosen from the last stage's records)" if later else spec.name,
             spec.scheme,
             str(spec.depth),
-            str(spec.seed),
-            f"{spec.lr:g}",
+            "later" if later else str(spec.seed),
+            "to choose" if later else f"{spec.lr:g}",
             str(r.trainer.max_steps),
             f"{per_step * r.data.seq_len:,}" if per_step else "auto",
             _left(cost, skipped),
@@ -129,7 +155,8 @@ def _print_plan(ctx, specs, jobs: int, only: list[int] | None) -> None:
     total = sum(costs)
     console.print(
         f"estimate: {total / 60:.0f} CPU-minutes left for {sum(c > 0 for c in costs)} of "
-        f"{len(specs)} runs (training + measures, one thread, quiet machine; max-lr an upper "
+        f"{len(costs)} runs (training + measures, one thread, quiet machine; max-lr and runs "
+        "still to choose an upper "
         f"bound); about {total / 60 / min(jobs, max(1, len(costs))):.0f} min with --jobs {jobs}"
     )
     measured = recorded_rate(ctx.out, specs)

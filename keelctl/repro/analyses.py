@@ -26,14 +26,11 @@ from keelctl.repro.report import Report, md_table, rel
 from keelctl.repro.sweeps import by, depth_sweep_specs, xy_figure
 from keelctl.repro.verdicts import claim, mean_std
 
-GRAD_SCHEMES = ("post_ln", "deepnorm", "pre_ln", "keel")
 GRAD_TIE = math.log10(1.1)  # decades: ratios within 10% of each other
 FROM = 2  # the first sub-layer above the first block
 # decades from 1 down to float32's smallest normal number (1.18e-38): a ratio of exactly 0 fell
 # at least this far (gradients below it are flushed to zero, torch.set_flush_denormal)
 VANISHED = -math.log10(1.1754943508222875e-38)
-SHALLOW_TIE = 1e-3
-RHO = 0.3
 
 
 def _trained(outcomes: list[Outcome]) -> list[Outcome]:
@@ -65,7 +62,9 @@ def theory_ratio(cfg) -> float:
 
 
 def plan_grad_flow(ctx: Context) -> list[RunSpec]:
-    return depth_sweep_specs(ctx, ctx.scale.grad_schemes)
+    sc = ctx.scale
+    fixes = [s for s in depth_sweep_specs(ctx, sc.fix_schemes) if s.depth in sc.max_lr_depths]
+    return depth_sweep_specs(ctx, sc.grad_schemes) + fixes
 
 
 def analyse_grad_flow(
@@ -126,7 +125,7 @@ def analyse_grad_flow(
                         strict=True,
                     ),
                 )
-                for scheme in sc.grad_schemes
+                for scheme in (*sc.grad_schemes, *sc.fix_schemes)
             },
         ),
         "grad-level-vs-depth.png",

@@ -26,6 +26,7 @@ class Context:
     runs_dir: Path
     overrides: list[str]
     commands: list[str] = field(default_factory=list)  # analysis commands, for the report
+    lrs: list[float] | None = None  # tuned's LR grid (--lrs); None: the scale's
 
     def recipe(self, **kw):
         return make_recipe(self.scale, self.overrides, **kw)
@@ -43,3 +44,5 @@ class Protocol:
     analyse: Callable[[Context, list[Outcome], Report, Progress], None]
     measures: tuple[str, ...] = ()  # measures.py: per-run measurements kept in each record
     callbacks: Callable[[Context], Callable[[RunSpec], list]] | None = None
+    # a staged plan's runs still to be chosen from its records (stand-ins for --plan's cost)
+    pending: Callable[[Context], list[RunSpec]] | None = None

@@ -221,12 +221,14 @@ def analyse(ctx: Context, outcomes: list[Outcome], report: Report, progress: Pro
 
     for depth in sc.max_lr_depths:
         near = min(paper.MAX_LR, key=lambda d: abs(math.log(d / depth)))
-        for base in BASELINES:
+        for base in (*BASELINES, *sc.fix_schemes):
+            said = paper.MAX_LR[near]
             report.verdicts.append(
                 claim(
                     f"{depth} sub-layers: Keel tolerates a higher LR than {base}",
-                    f"{near} layers: keel {paper.MAX_LR[near]['keel']:.3g} vs {base} "
-                    f"{paper.MAX_LR[near][base]:.3g}",
+                    f"{near} layers: keel {said['keel']:.3g} vs {base} {said[base]:.3g}"
+                    if base in said
+                    else "not in the paper",
                     group("keel", depth),
                     group(base, depth),
                     "higher",

@@ -246,6 +246,7 @@ def complete(
         how = "run dir reused"
     else:
         _train(spec, callbacks, on_step)
+        records.save_provenance(spec.run_dir)
         how = "trained now"
         if not spec.finished:
             raise KeelError(

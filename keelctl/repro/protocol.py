@@ -20,7 +20,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from keelctl.errors import KeelError
-from keelctl.repro import analyses, design, max_lr, redundancy, scale_map, sweeps
+from keelctl.repro import (
+    analyses,
+    design,
+    hops,
+    max_lr,
+    precision,
+    redundancy,
+    scale_map,
+    sweeps,
+    tuned,
+)
 from keelctl.repro.context import Context, Protocol
 from keelctl.repro.measures import measures_for
 from keelctl.repro.plan import (
@@ -48,6 +58,9 @@ PROTOCOLS: dict[str, Protocol] = {
         redundancy.REDUNDANCY,
         scale_map.SCALE_MAP,
         design.DESIGN,
+        precision.PRECISION,
+        hops.HOPS_PROTOCOL,
+        tuned.TUNED,
     )
 }
 
@@ -65,10 +78,13 @@ def make_context(
     out: str | Path = "repro",
     runs_dir: str | Path | None = None,
     overrides: Sequence[str] = (),
+    lrs: Sequence[float] | None = None,
 ) -> Context:
     get_protocol(protocol)
     if seeds < 1:
         raise KeelError(f"--seeds must be at least 1, got {seeds}")
+    if lrs is not None and protocol != "tuned":
+        raise KeelError(f"--lrs is the LR grid of repro tuned; drop it for {protocol}")
     sc = get_scale(scale)
     out = Path(out)
     return Context(
@@ -78,6 +94,7 @@ def make_context(
         out,
         Path(runs_dir) if runs_dir is not None else out / "runs",
         list(overrides),
+        lrs=list(lrs) if lrs is not None else None,
     )
 
 
@@ -125,11 +142,12 @@ def run_protocol(
     jobs: int = 1,
     train: bool = True,
     depths: Sequence[int] | None = None,
+    lrs: Sequence[float] | None = None,
 ) -> Path:
     """Complete what the protocol's records lack (training `jobs` runs at a time; with
     train=False nothing, with `depths` only runs at those depths), analyse what is recorded,
     and write OUT/report.md (returned), which lists the planned runs still missing."""
-    ctx = make_context(protocol, scale, seeds, out, runs_dir, overrides)
+    ctx = make_context(protocol, scale, seeds, out, runs_dir, overrides, lrs)
     proto = get_protocol(protocol)
     if jobs < 1:
         raise KeelError(f"--jobs must be at least 1, got {jobs}")
@@ -140,15 +158,24 @@ def run_protocol(
     recipe_paths = write_recipes(specs, ctx.out / "recipes")
     progress = Progress(sum(s.recipe.trainer.max_steps for s in specs) + len(specs), on_progress)
     callbacks = proto.callbacks(ctx) if proto.callbacks else (lambda spec: [])
-    outcomes, missing = execute(
-        specs,
-        progress,
-        ctx.out,
-        measures_for(proto.measures, ctx.scale),
-        callbacks,
-        jobs=jobs,
-        may_train=lambda s: train and (not depths or s.depth in depths),
-    )
+    outcomes, missing, done = [], [], set()
+    while more := [s for s in specs if s.run_dir not in done]:  # a staged plan (tuned) grows
+        new_outcomes, new_missing = execute(  # with the records of its last stage
+            more,
+            progress,
+            ctx.out,
+            measures_for(proto.measures, ctx.scale),
+            callbacks,
+            jobs=jobs,
+            may_train=lambda s: train and (not depths or s.depth in depths),
+        )
+        outcomes += new_outcomes
+        missing += new_missing
+        done |= {s.run_dir for s in more}
+        specs = unique([*specs, *plan_protocol(ctx)])
+        added = [s for s in specs if s.run_dir not in done]
+        recipe_paths |= write_recipes(added, ctx.out / "recipes")
+        progress.total += sum(s.recipe.trainer.max_steps + 1 for s in added)
     trained_s = time.perf_counter() - started
     report = Report(ctx.out, f"keelctl repro {protocol}: {proto.title}", proto.claim)
     if missing:

@@ -54,7 +54,7 @@ from keelctl.repro.scale_map_grid import (
     trains_verdict,
 )
 from keelctl.repro.scales import Scale
-from keelctl.repro.sweeps import TIE, final_loss, label, train_spec
+from keelctl.repro.sweeps import TIE, final_loss, sweep_label, train_spec
 from keelctl.repro.verdicts import (
     NO_DATA,
     Verdict,
@@ -103,9 +103,7 @@ def sweep_spec(ctx: Context, scheme: str, depth: int, steps: int, seed: int) -> 
     """A run at depth-sweep's LR and schedule shape over `steps`; at depth-sweep's own steps it
     is depth-sweep's (and grad-flow's) run: same label and recipe, so the same run dir."""
     lr = ctx.scale.lr
-    name = label(scheme, depth, lr, seed)
-    if steps != ctx.scale.steps:
-        name = f"{scheme}-L{depth}-lr{lr:g}-steps{steps}-s{seed}"
+    name = sweep_label(scheme, depth, lr, seed, steps, ctx.scale.steps)
     return train_spec(ctx, scheme, depth, seed, lr, steps, name)
 
 

@@ -50,8 +50,12 @@ class Scale:
         "hybridnorm",
         "pre_ln",
         "keel",
+        "peri_ln",
+        "lns",
     )
     grad_schemes: tuple[str, ...] = ("post_ln", "deepnorm", "pre_ln", "keel")
+    # today's depth fixes (not in the paper): grad-flow plans them at max_lr_depths only
+    fix_schemes: tuple[str, ...] = ("peri_ln", "lns")
     # the --plan estimate: measured seconds per training step per sub-layer (None: no estimate),
     # and the held-out split's size in tokens (`keelctl eval` scores all of it; None: val_tokens)
     step_s_per_sublayer: float | None = None

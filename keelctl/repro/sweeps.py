@@ -32,6 +32,13 @@ def label(scheme: str, depth: int, lr: float, seed: int) -> str:
     return f"{scheme}-L{depth}-lr{lr:g}-s{seed}"
 
 
+def sweep_label(scheme: str, depth: int, lr: float, seed: int, steps: int, sweep_steps: int) -> str:
+    """A sweep run over `steps`; at the sweep's own steps it is the sweep's run (same name), so
+    scale-map and tuned share the runs they have in common with each other and depth-sweep."""
+    name = label(scheme, depth, lr, seed)
+    return name if steps == sweep_steps else f"{scheme}-L{depth}-lr{lr:g}-steps{steps}-s{seed}"
+
+
 def train_spec(
     ctx: Context,
     scheme: str,
@@ -315,7 +322,7 @@ def analyse_depth_sweep(
     )
 
 
-def mean_curves_figure(outcomes: list[Outcome], depths, smooth: int):
+def mean_curves_figure(outcomes: list[Outcome], depths, smooth: int, schemes=SCHEMES):
     """One panel per depth: each scheme's smoothed training loss, mean over its seeds with a
     ± std band (runs that stopped early end the band where the shortest run ends)."""
     import numpy as np
@@ -325,7 +332,7 @@ def mean_curves_figure(outcomes: list[Outcome], depths, smooth: int):
     fig = new_figure(4.5 * len(depths), 3.8)
     axes = fig.subplots(1, len(depths), squeeze=False, sharey=True)[0]
     for ax, depth in zip(axes, depths, strict=True):
-        for k, scheme in enumerate(SCHEMES):
+        for k, scheme in enumerate(schemes):
             curves = [
                 read_metric(o.record / METRICS_CSV, "train_loss")
                 for o in outcomes

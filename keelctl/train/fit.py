@@ -41,6 +41,7 @@ from keelctl.runs import (
 from keelctl.train.callbacks import GradNorm, TokenThroughput, TrainProgressBar, ValidateAtEnd
 from keelctl.train.checkpoints import LAST_CKPT, checkpoint_callbacks
 from keelctl.train.datamodule import TokenDataModule
+from keelctl.train.evaluation import InTrainingEval
 from keelctl.train.grad_flow import GradFlowCallback
 from keelctl.train.guards import LossGuard, LossSpike, TrainingDiverged
 from keelctl.train.loggers import close_trackers, make_loggers, start_trackers
@@ -52,6 +53,7 @@ from keelctl.train.preemption import (
     stop_signals_held,
 )
 from keelctl.train.resume import (
+    StepLabels,
     check_run_dir,
     checkpoint_step,
     open_metrics,
@@ -298,9 +300,12 @@ def _trainer(recipe, run_dir, loggers, fit: _Fit) -> L.Trainer:
         fit.throughput,
         GradNorm(),
         ValidateAtEnd(),
+        StepLabels(),
     ]
     if t.grad_flow_every > 0:
         callbacks.append(GradFlowCallback(t.grad_flow_every, run_dir / GRADS_CSV))
+    if t.eval_every is not None:
+        callbacks.append(InTrainingEval(recipe, fit.throughput))
     if fit.progress_bar:
         callbacks.append(TrainProgressBar())
     try:

@@ -18,6 +18,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
 from lightning.pytorch.loggers import (
@@ -27,10 +28,12 @@ from lightning.pytorch.loggers import (
     TensorBoardLogger,
     WandbLogger,
 )
-from matplotlib.figure import Figure
 
 from keelctl.errors import KeelError
 from keelctl.runs import atomic_write_json
+
+if TYPE_CHECKING:  # a figure is only ever handed in: matplotlib stays off the train path
+    from matplotlib.figure import Figure
 
 # logger name -> (module it needs, how to install it)
 _NEEDS = {

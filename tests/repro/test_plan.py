@@ -40,7 +40,8 @@ def test_cpu_plans_share_the_depth_sweep_runs(tmp_path):
 
     sweep = dirs("depth-sweep")
     assert len(sweep) == 2 * 3 and dirs("redundancy") == sweep
-    assert sweep < dirs("grad-flow") and len(dirs("grad-flow")) == 4 * 3
+    # 4 schemes at 3 depths, and peri_ln, lns at max-lr's 2 depths
+    assert sweep < dirs("grad-flow") and len(dirs("grad-flow")) == 4 * 3 + 2 * 2
     assert not dirs("max-lr") & sweep
     # lr-sweep's run at depth-sweep's LR is depth-sweep's run at that depth
     assert len(dirs("lr-sweep") & sweep) == 2

@@ -158,10 +158,10 @@ def test_lr_sweep_end_to_end_resumes_interrupted_runs(tmp_path, micro_overrides)
 
 def test_max_lr_end_to_end(tmp_path, micro_overrides):
     report = run_protocol("max-lr", "micro", 1, tmp_path / "r", None, micro_overrides)
-    text = check_report(report, n_claims=3 * 2)  # 3 baselines x 2 depths
+    text = check_report(report, n_claims=5 * 2)  # 3 baselines, peri_ln, lns x 2 depths
     ctx = make_context("max-lr", "micro", 1, tmp_path / "r", None, micro_overrides)
     specs = plan_protocol(ctx)
-    assert len(specs) == 6 * 2
+    assert len(specs) == 8 * 2
     for spec in specs:  # the LR ramps linearly from 0 to 5e-2 over the run, no decay
         with open(spec.run_dir / "metrics.csv") as f:
             lrs = {int(r["step"]): float(r["lr"]) for r in csv.DictReader(f) if r["lr"]}
@@ -207,9 +207,11 @@ def test_grad_flow_reuses_depth_sweep_runs(
     text = check_report(report, n_claims=2 * 2 * 2)  # depths x (init, trained) x baselines
     rows = [line for line in text.split("## Runs")[1].splitlines() if line.startswith("| ")]
     assert sum("run dir reused" in r for r in rows) == 4  # keel + pre_ln at 2 depths
-    assert sum("trained now" in r for r in rows) == 4  # post_ln + deepnorm at 2 depths
+    # post_ln + deepnorm at 2 depths, and peri_ln + lns at max-lr's depths (2 and 4 at micro)
+    assert sum("trained now" in r for r in rows) == 4 + 4
     data = json.loads((tmp_path / "r" / "grad-flow-L4.json").read_text())
-    assert {r["scheme"] for r in data["runs"]} == {"post_ln", "deepnorm", "pre_ln", "keel"}
+    schemes = {"post_ln", "deepnorm", "pre_ln", "keel", "peri_ln", "lns"}
+    assert {r["scheme"] for r in data["runs"]} == schemes
 
 
 def test_redundancy_end_to_end(depth_sweep_report, tmp_path, shared_runs, micro_overrides):
@@ -241,7 +243,7 @@ def test_gpu_scale_plans_use_the_papers_shapes(protocol, tmp_path):
     assert {s.seed for s in specs} == {0, 1, 2}
     depths = {s.depth for s in specs}
     if protocol == "max-lr":
-        assert depths == {64, 512} and len(specs) == 6 * 2 * 3
+        assert depths == {64, 512} and len(specs) == 8 * 2 * 3
         assert all(
             s.recipe.optim.lr == 5e-2
             and s.recipe.optim.warmup_steps == s.recipe.trainer.max_steps == 5000
@@ -264,13 +266,13 @@ def test_plan_cli_and_bad_arguments(tmp_path):
         app, ["repro", "max-lr", "--plan", "--seeds", "3", "--jobs", "2", "--out", str(tmp_path)]
     )
     assert result.exit_code == 0 and "hybridnorm" in result.output
-    assert "CPU-minutes left for 36 of 36 runs" in result.output and "--jobs 2" in result.output
+    assert "CPU-minutes left for 48 of 48 runs" in result.output and "--jobs 2" in result.output
     result = runner.invoke(
         app, ["repro", "max-lr", "--plan", "--seeds", "3", "--depths", "64", "--out", str(tmp_path)]
     )
     # --depths: the other depth's runs are listed but not counted
-    assert result.exit_code == 0 and "CPU-minutes left for 18 of 36 runs" in result.output
-    assert result.output.count("not this call") == 18
+    assert result.exit_code == 0 and "CPU-minutes left for 24 of 48 runs" in result.output
+    assert result.output.count("not this call") == 24
     assert not any(tmp_path.iterdir())  # a plan writes nothing
     for args, message in (
         (["nope"], "unknown protocol"),
