@@ -37,8 +37,11 @@ lint: $(STAMP)
 # The paper's point at CPU scale (README): Keel, Pre-LN and Post-LN at 64 sub-layers, the same
 # LR 6e-3 (where Pre-LN degrades: docs/results/lr-sweep), 125 steps each, from one recipe with
 # the scheme set per run. The three train at once (one thread each, logs in RUNS/): on 2 cores
-# that ends sooner than two then one, which leaves a core idle. Then, also all at once (their
-# output shown in order after): loss curves, the gradient-flow plot and a sample per run.
+# that ends sooner than two then one, which leaves a core idle. The Keel run also scores 50 items
+# of keel_nextline every 25 steps (the recipe's trainer.eval_*: one in-training evaluation curve,
+# about 11 CPU-s on top of its 142); the other two leave it out (DEMO_NO_EVAL) to keep the demo
+# near 8 minutes. Then, also all at once (their output shown in order after): loss and eval
+# curves, the gradient-flow plot and a sample per run.
 # `keelctl eval` is left out (printed at the end): it scores the whole held-out split (245k
 # tokens, about 4 CPU-minutes for the three) while compare-runs already shows each run's
 # validation loss. Timed from a fresh clone in the README.
@@ -46,6 +49,7 @@ lint: $(STAMP)
 DEMO := recipes/demo-64-sublayers.yaml
 DEMO_SCHEMES := keel pre_ln post_ln
 DEMO_RUNS := $(RUNS)/demo-keel $(RUNS)/demo-pre-ln $(RUNS)/demo-post-ln
+DEMO_NO_EVAL := --set trainer.eval_every=null --set trainer.eval_tasks=[]
 KEELCTL := $(BIN)/keelctl
 # Waits for every process started in the recipe line (pids in $$pids); if one fails, stops the
 # others and shows the logs' ends.
@@ -58,6 +62,7 @@ demo: $(DEMO_STAMP)
 	@echo "training $(DEMO_SCHEMES) at once, 64 sub-layers each (logs: $(RUNS)/demo-*.log)"
 	pids=; for scheme in $(DEMO_SCHEMES); do run=$(RUNS)/demo-$$(echo $$scheme | tr _ -); \
 		$(KEELCTL) train $(DEMO) --set model.residual=$$scheme --set name=$$(basename $$run) \
+			$$(test $$scheme = keel || echo "$(DEMO_NO_EVAL)") \
 			--run-dir $$run > $$run.log 2>&1 & pids="$$pids $$!"; done; $(WAIT_ALL)
 	pids=; \
 	$(KEELCTL) compare-runs $(DEMO_RUNS) --plot $(RUNS)/demo-loss.png > $(RUNS)/demo-compare.log 2>&1 & \
@@ -69,7 +74,7 @@ demo: $(DEMO_STAMP)
 			> $$run-sample.log 2>&1 & pids="$$pids $$!"; done; $(WAIT_ALL)
 	@cat $(RUNS)/demo-compare.log $(RUNS)/demo-grads.log
 	@for run in $(DEMO_RUNS); do echo "--- sample from $$run (docs/generate.md)"; cat $$run-sample.log; echo; done
-	@echo "demo outputs: $(RUNS)/ (demo-loss.png, demo-grads.png, demo-grads-heatmap.png)"
+	@echo "demo outputs: $(RUNS)/ (demo-loss.png: loss and in-training eval curves; demo-grads.png, demo-grads-heatmap.png)"
 	@echo "held-out perplexity and bits per byte (about 4 CPU-minutes): $(KEELCTL) eval $(DEMO_RUNS)"
 
 bench: $(STAMP)

@@ -67,13 +67,22 @@ def train_command(
 @command("compare-runs")
 def compare_runs_command(
     run_dirs: list[Path] = typer.Argument(..., help="Run dirs made by `keelctl train`."),
-    plot: Path | None = typer.Option(None, "--plot", help="Write loss curves to this PNG."),
+    plot: Path | None = typer.Option(
+        None, "--plot", help="Write loss curves (and in-training eval scores) to this PNG."
+    ),
 ) -> None:
-    """Compare finished training runs: losses, tokens, time; optionally plot loss curves."""
+    """Compare finished training runs: losses, tokens, time, the last in-training eval
+    scores; optionally plot loss and eval curves."""
     from keelctl.runs import METRICS_CSV, atomic_path
-    from keelctl.train.curves import loss_curves, read_summary
+    from keelctl.train.curves import eval_label, last_eval_scores, loss_curves, read_summary
 
     summaries = [read_summary(d) for d in run_dirs]
+    csvs = [Path(d) / METRICS_CSV for d in run_dirs]
+    # The table needs no metrics.csv (only --plot does): a run without one shows no scores.
+    scores = [last_eval_scores(p) if p.is_file() else {} for p in csvs]
+    eval_names = list(dict.fromkeys(name for run in scores for name in run))
+    title = "training runs (val = validation loss, nats/token"
+    title += "; task metric = last in-training eval score)" if eval_names else ")"
     table = Table(
         "run",
         "scheme",
@@ -81,11 +90,12 @@ def compare_runs_command(
         "tokens",
         "final val",
         "best val",
+        *map(eval_label, eval_names),
         "time",
-        title="training runs (val = validation loss, nats/token)",
+        title=title,
         box=box.SIMPLE_HEAD,
     )
-    for s in summaries:
+    for s, run_scores in zip(summaries, scores, strict=True):
         table.add_row(
             s["name"],
             s["residual"],
@@ -93,6 +103,7 @@ def compare_runs_command(
             f"{s['tokens_seen']:,}",
             _num(s["final_val_loss"]),
             _num(s["best_val_loss"]),
+            *(_num(run_scores.get(name)) for name in eval_names),
             f"{s['wall_time_s']:.0f} s",
         )
     console.print(table)
@@ -100,12 +111,10 @@ def compare_runs_command(
     lowest = f"[bold]{best['name']}[/bold] ({_num(best['final_val_loss'])})"
     console.print(f"lowest final validation loss: {lowest}")
     if plot is not None:
-        figure = loss_curves(
-            {s["name"]: Path(d) / METRICS_CSV for s, d in zip(summaries, run_dirs, strict=True)}
-        )
+        figure = loss_curves({s["name"]: p for s, p in zip(summaries, csvs, strict=True)})
         with atomic_path(plot) as tmp:
             figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-        console.print(f"loss curves: {plot}")
+        console.print(f"{'loss and eval' if eval_names else 'loss'} curves: {plot}")
 
 
 def _num(value) -> str:

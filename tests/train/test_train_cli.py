@@ -84,4 +84,5 @@ def test_compare_runs_prints_table_and_writes_plot(trained_run_dir, tmp_path):
     result = CliRunner().invoke(app, ["compare-runs", str(trained_run_dir), "--plot", str(png)])
     assert result.exit_code == 0, result.output + result.stderr
     assert "tiny-keel-test" in result.stdout and "lowest final validation loss" in result.stdout
+    assert "in-training eval" not in result.stdout  # a run without evaluations: no eval columns
     assert png.stat().st_size > 10_000
