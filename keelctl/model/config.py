@@ -10,6 +10,8 @@ from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from keelctl.model.residual import sublayer_rules
+
 Residual = Literal[
     "keel", "pre_ln", "post_ln", "deepnorm", "mix_ln", "hybridnorm", "peri_ln", "lns"
 ]
@@ -72,8 +74,6 @@ class ModelConfig(BaseModel):
                 f"{self.residual}; remove them"
             )
         if self.norm_dtype == "bf16":
-            from keelctl.model.residual import sublayer_rules  # residual imports this module
-
             if not any(rule.norm_out for rule in sublayer_rules(self)):
                 raise ValueError(
                     "norm_dtype bf16 rounds the gains of the norms whose output is the residual "

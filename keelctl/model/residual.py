@@ -46,8 +46,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from keelctl.model.config import ModelConfig
+if TYPE_CHECKING:  # the config validates itself with sublayer_rules: no import back at run time
+    from keelctl.model.config import ModelConfig
 
 
 @dataclass(frozen=True)
