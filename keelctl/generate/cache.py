@@ -28,9 +28,9 @@ class LayerKV:
     mask: torch.Tensor | None  # (B, 1, n, stop) bool, True = may attend; None = every slot
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self.keys[:, :, self.start : self.stop] = k
-        self.values[:, :, self.start : self.stop] = v
-        return self.keys[:, :, : self.stop], self.values[:, :, : self.stop]
+        self.keys.narrow(2, self.start, self.stop - self.start).copy_(k)
+        self.values.narrow(2, self.start, self.stop - self.start).copy_(v)
+        return self.keys.narrow(2, 0, self.stop), self.values.narrow(2, 0, self.stop)
 
 
 class KVCache:
@@ -50,6 +50,7 @@ class KVCache:
         self.capacity, self.length = capacity, 0
         zeros = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.pad = zeros if pad is None else pad.to(device=device, dtype=torch.long)
+        self.padded = bool(self.pad.any())  # fixed for the cache's life: read once, not per step
 
     def extend(self, n: int) -> list[LayerKV]:
         """Reserve slots length..length+n-1 for n new tokens per row; one view per layer."""
@@ -61,7 +62,7 @@ class KVCache:
         slots = torch.arange(start, stop, device=device)
         positions = (slots.unsqueeze(0) - self.pad.unsqueeze(1)).clamp(min=0)
         mask = None
-        if n > 1 or bool(self.pad.any()):
+        if n > 1 or self.padded:
             keys = torch.arange(stop, device=device)
             causal = keys.view(1, 1, -1) <= slots.view(1, -1, 1)  # (1, n, stop)
             real = keys.view(1, 1, -1) >= self.pad.view(-1, 1, 1)  # (B, 1, stop)

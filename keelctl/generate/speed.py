@@ -1,17 +1,21 @@
 """Decoding speed with and without the KV cache (the numbers in docs/generate.md).
 
-    nice -n 19 env OMP_NUM_THREADS=1 python -m keelctl.generate.speed
+    nice -n 19 env OMP_NUM_THREADS=1 python -m keelctl.generate.speed [REPEATS]
 
 Untrained Keel models of width 64 at 64 and 256 sub-layers, batch 1, a 16-token prompt, 512
 new tokens, greedy. End-of-text is given an id the model cannot produce, so every run makes
 all 512 tokens; the context (1024) is never reached, so the window never slides. Speed is
 tokens per CPU-second of this process (one thread), which a busy shared machine disturbs far
-less than wall time; wall time is printed beside it.
+less than wall time; wall time is printed beside it. Each depth is timed REPEATS times
+(default 3), without and with the cache in turn; the table gives medians and the range of the
+speed-up over the repeats.
 """
 
 from __future__ import annotations
 
 import platform
+import statistics
+import sys
 import time
 
 import torch
@@ -50,20 +54,28 @@ def tokens_per_second(n_sublayers: int, use_cache: bool, d_model: int = 64) -> t
     return NEW_TOKENS / cpu, NEW_TOKENS / wall
 
 
-def main() -> None:
+def main(repeats: int = 3) -> None:
     torch.set_flush_denormal(True)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {platform.processor()}")
+    print(f"medians of {repeats} runs; speed-up: median (lowest-highest)")
     print("| sub-layers | without cache | with cache | speed-up | (wall: without, with) |")
     print("|---:|---:|---:|---:|---:|")
     for depth in DEPTHS:
-        slow, slow_wall = tokens_per_second(depth, use_cache=False)
-        fast, fast_wall = tokens_per_second(depth, use_cache=True)
+        without, cached = [], []
+        for _ in range(repeats):  # interleaved, so a busy spell slows both alike
+            without.append(tokens_per_second(depth, use_cache=False))
+            cached.append(tokens_per_second(depth, use_cache=True))
+        cpu, wall = (
+            [statistics.median(run[clock] for run in runs) for runs in (without, cached)]
+            for clock in (0, 1)
+        )
+        ratios = [fast[0] / slow[0] for slow, fast in zip(without, cached, strict=True)]
         print(
-            f"| {depth} | {slow:.1f} | {fast:.1f} | {fast / slow:.1f}x | "
-            f"({slow_wall:.1f}, {fast_wall:.1f}) |",
+            f"| {depth} | {cpu[0]:.1f} | {cpu[1]:.1f} | {statistics.median(ratios):.2f}x "
+            f"({min(ratios):.2f}-{max(ratios):.2f}) | ({wall[0]:.1f}, {wall[1]:.1f}) |",
             flush=True,
         )
 
 
 if __name__ == "__main__":
-    main()
+    main(*(int(a) for a in sys.argv[1:2]))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -9,19 +11,31 @@ from torch import nn
 from keelctl.model.config import ModelConfig
 
 
-def rope_rotate(
-    x: torch.Tensor, inv_freq: torch.Tensor, positions: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Rotary position embedding (rotate-half form); x is (B, H, T, D). Positions 0..T-1, or
-    `positions` (B, T) per row (a KV cache decoding after a prefix, left-padded rows)."""
-    wide = torch.promote_types(x.dtype, torch.float32)  # angles never in bf16
+def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
+    """RoPE's inverse frequencies theta^(-2j/D), j = 0..D/2-1 (D = head_dim), in fp32."""
+    exponent = torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim
+    return cfg.rope_theta**-exponent
+
+
+def rope_tables(
+    inv_freq: torch.Tensor, n: int, positions: torch.Tensor | None, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotary angles in `dtype` (fp32 or wider: angles never in bf16), for
+    positions 0..n-1, shape (n, D), or for `positions` (B, n) per row (a KV cache decoding after
+    a prefix, left-padded rows), shape (B, 1, n, D). The model computes them once per forward
+    and hands them to every attention layer, as transformers' Llama does."""
     if positions is None:
-        t = torch.arange(x.shape[-2], device=x.device, dtype=wide)
-        angles = torch.outer(t, inv_freq.to(wide))  # (T, D/2)
+        t = torch.arange(n, device=inv_freq.device, dtype=dtype)
+        angles = torch.outer(t, inv_freq.to(dtype))  # (n, D/2)
     else:
-        angles = (positions.to(wide).unsqueeze(-1) * inv_freq.to(wide)).unsqueeze(1)  # (B,1,T,D/2)
-    cos = torch.cat([angles.cos(), angles.cos()], dim=-1).to(x.dtype)
-    sin = torch.cat([angles.sin(), angles.sin()], dim=-1).to(x.dtype)
+        angles = (positions.to(dtype).unsqueeze(-1) * inv_freq.to(dtype)).unsqueeze(1)
+    cos, sin = angles.cos(), angles.sin()
+    return torch.cat([cos, cos], dim=-1), torch.cat([sin, sin], dim=-1)
+
+
+def rope_rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding (rotate-half form) of x (B, H, T, D); cos, sin: rope_tables'."""
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     x1, x2 = x.chunk(2, dim=-1)
     return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
@@ -40,23 +54,26 @@ class Attention(nn.Module):
             if cfg.uses_qkv_norm
             else None
         )
-        exponent = torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim
-        # Recomputed from this tiny buffer per call (cheap next to attention), so a sub-layer
-        # runs on the residual stream alone and no large cos/sin table is kept per layer.
-        self.register_buffer("inv_freq", cfg.rope_theta**-exponent, persistent=False)
+        # for a sub-layer run on its own (keelctl.analysis): the model passes its tables in
+        self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
 
-    def forward(self, x: torch.Tensor, kv=None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, kv=None, rope: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
         """Causal self-attention over x; with `kv` (one layer of keelctl.generate's KVCache)
         x holds only the new tokens: their keys/values join the cache and the queries attend
-        to every cached one that kv.mask allows (None: all of them)."""
+        to every cached one that kv.mask allows (None: all of them). `rope`: rope_tables' cos
+        and sin for x's positions (None: computed here)."""
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if self.qkv_norm is not None:  # HybridNorm: per-head RMSNorm of q, k, v before RoPE
             q, k, v = (n(t).to(t.dtype) for n, t in zip(self.qkv_norm, (q, k, v), strict=True))
-        positions = None if kv is None else kv.positions
-        q, k = rope_rotate(q, self.inv_freq, positions), rope_rotate(k, self.inv_freq, positions)
+        if rope is None:
+            wide = torch.promote_types(q.dtype, torch.float32)
+            rope = rope_tables(self.inv_freq, T, None if kv is None else kv.positions, wide)
+        q, k = rope_rotate(q, *rope), rope_rotate(k, *rope)
         if kv is not None:
             k, v = kv.append(k, v)
         y = F.scaled_dot_product_attention(
@@ -114,5 +131,13 @@ class RMSNorm(nn.RMSNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         wide = torch.promote_types(x.dtype, torch.float32)
         gain = rounded(self.weight.to(wide), self.gain_dtype)
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        with autocast_off(x.device.type):
             return F.rms_norm(x.to(wide), self.normalized_shape, gain, self.eps)
+
+
+def autocast_off(device_type: str):
+    """A context that turns autocast off: torch.autocast(enabled=False) where it is on, else a
+    no-op (entering torch.autocast costs microseconds, a share of a one-token decoding step)."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()

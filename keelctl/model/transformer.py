@@ -8,7 +8,15 @@ import torch
 from torch import nn
 
 from keelctl.model.config import ModelConfig
-from keelctl.model.layers import Attention, FeedForward, RMSNorm, rounded
+from keelctl.model.layers import (
+    Attention,
+    FeedForward,
+    RMSNorm,
+    autocast_off,
+    rope_inv_freq,
+    rope_tables,
+    rounded,
+)
 from keelctl.model.residual import Rule, branch_init_scale, sublayer_rules, uses_final_norm
 
 # ModelConfig's stream_dtype / norm_dtype: what a value is rounded to (None: kept as computed)
@@ -58,7 +66,7 @@ class Sublayer(nn.Module):
             f = self.norm_branch(f)
         if self.norm_out is None:
             return rounded(x + f, self.stream_dtype)  # promotes a bf16 F to x's wide dtype
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        with autocast_off(x.device.type):
             s = torch.add(f, x, alpha=self.rule.alpha)  # alpha*x + F: one pass, in x's dtype
             s = rounded(s, self.stream_dtype)
             return rounded(self.norm_out(s), self.stream_dtype)
@@ -74,9 +82,11 @@ class Block(nn.Module):
         super().__init__()
         self.attn, self.ffn = attn, ffn
 
-    def forward(self, x: torch.Tensor, skip_attn: bool = False, skip_ffn: bool = False, kv=None):
+    def forward(
+        self, x: torch.Tensor, skip_attn: bool = False, skip_ffn: bool = False, kv=None, rope=None
+    ):
         if not skip_attn:
-            x = self.attn(x) if kv is None else self.attn(x, kv=kv)
+            x = self.attn(x, kv=kv, rope=rope)
         if not skip_ffn:
             x = self.ffn(x)
         return x
@@ -99,6 +109,7 @@ class Transformer(nn.Module):
             RMSNorm(cfg.d_model, eps=cfg.norm_eps) if uses_final_norm(cfg, rules) else None
         )
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
         self.reset_parameters()
         if cfg.tie_embeddings:
             self.head.weight = self.tok_emb.weight
@@ -143,8 +154,11 @@ class Transformer(nn.Module):
             raise ValueError(f"skip indices {sorted(bad)} outside 0..{self.config.n_sublayers - 1}")
         kv = cache.extend(idx.shape[1]) if cache is not None else [None] * len(self.blocks)
         x = self.embed(idx)
+        positions = None if cache is None else kv[0].positions
+        # RoPE's cos/sin once per forward for all layers, at the stream's width (fp32 or wider)
+        rope = rope_tables(self.inv_freq, idx.shape[1], positions, x.dtype)
         for b, block in enumerate(self.blocks):
-            x = block(x, skip_attn=2 * b in skip, skip_ffn=2 * b + 1 in skip, kv=kv[b])
+            x = block(x, skip_attn=2 * b in skip, skip_ffn=2 * b + 1 in skip, kv=kv[b], rope=rope)
         return self.logits(x)
 
 

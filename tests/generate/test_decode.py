@@ -11,10 +11,16 @@ from keelctl.model import RESIDUALS, ModelConfig, build_model
 EOT = 256
 
 
-def tiny(residual: str, **kw):
+def tiny(residual: str, n_blocks: int = 3, **kw):
     torch.manual_seed(0)
     cfg = ModelConfig(
-        residual=residual, d_model=32, n_heads=4, n_kv_heads=2, n_blocks=3, max_seq_len=64, **kw
+        residual=residual,
+        d_model=32,
+        n_heads=4,
+        n_kv_heads=2,
+        n_blocks=n_blocks,
+        max_seq_len=64,
+        **kw,
     )
     model = build_model(cfg).eval()
     with torch.no_grad():  # larger weights than at init: sharper, more varied predictions
@@ -68,6 +74,41 @@ def test_greedy_with_cache_equals_recomputing(scheme):
     got = generate(model, [prompt], max_new_tokens=40, context=64, eot_id=EOT)[0]
     assert got == greedy_by_recomputing(model, prompt, 40, 64)
     assert len(got) >= 20  # the comparison covered many steps
+
+
+def test_deep_greedy_with_cache_equals_without_cache():
+    model = tiny("keel", n_blocks=32)  # 64 sub-layers, the depth of docs/generate.md's timings
+    prompt = [EOT, *b"def f(x):"]
+    runs = [
+        generate(model, [prompt], max_new_tokens=32, context=64, eot_id=EOT, use_cache=use_cache)
+        for use_cache in (True, False)
+    ]
+    assert runs[0] == runs[1] == [greedy_by_recomputing(model, prompt, 32, 64)]
+    assert len(set(runs[0][0])) >= 3  # not one token repeated: the comparison can fail
+
+
+def test_rope_tables_shared_by_all_layers_equal_each_layers_own():
+    """The model computes RoPE's cos/sin once per forward for every layer; each attention
+    computing its own (a sub-layer run alone) gives bit-identical logits, cached or not."""
+    model = tiny("keel", n_blocks=32)
+    ids, pad = torch.randint(0, 256, (2, 12)), torch.tensor([3, 0])
+
+    def layer_by_layer(idx, kv=None):
+        x = model.embed(idx)
+        for b, block in enumerate(model.blocks):
+            x = block.ffn(block.attn(x) if kv is None else block.attn(x, kv=kv[b]))
+        return model.logits(x)
+
+    with torch.no_grad():
+        assert torch.equal(model(ids), layer_by_layer(ids))
+        shared, own = (
+            KVCache(model.config, 2, 12, dtype=torch.float32, device="cpu", pad=pad)
+            for _ in range(2)
+        )
+        for chunk in (ids[:, :9], ids[:, 9:10], ids[:, 10:11]):  # prefill, then one token each
+            assert torch.equal(
+                model(chunk, cache=shared), layer_by_layer(chunk, own.extend(chunk.shape[1]))
+            )
 
 
 def test_greedy_past_the_context_slides_like_recomputing():
