@@ -4,10 +4,10 @@ __version__ = "0.1.0"
 
 
 def load_model(run_dir, device="cpu"):
-    """(model, tokenizer) from a run dir; see keelctl.runs.load_model."""
-    from keelctl.runs import load_model as _load
+    """(model, tokenizer) from a run dir, in eval mode; see keelctl.runs.Run.load_model."""
+    from keelctl.runs import Run
 
-    return _load(run_dir, device)
+    return Run(run_dir).load_model(device)
 
 
 __all__ = ["__version__", "load_model"]

@@ -85,10 +85,10 @@ def tiny_corpus(tmp_path_factory):
 def model_run_dir(tmp_path_factory, tiny_corpus):
     """A run dir holding an untrained tiny Keel model (model.json, model.safetensors,
     config.yaml pointing at tiny_corpus): for commands that only need to load a model."""
-    from keelctl.config import RecipeConfig, dump_recipe
+    from keelctl.config import RecipeConfig
     from keelctl.data.tokenizers import ByteTokenizer
     from keelctl.model import build_model
-    from keelctl.runs import CONFIG_YAML, atomic_write_text, save_model
+    from keelctl.runs import Run
 
     torch.manual_seed(0)
     run_dir = tmp_path_factory.mktemp("runs") / "untrained-keel"
@@ -104,8 +104,9 @@ def model_run_dir(tmp_path_factory, tiny_corpus):
             cache_dir=str(run_dir.parent / "cache"),
         ),
     )
-    save_model(run_dir, build_model(recipe.model), ByteTokenizer())
-    atomic_write_text(run_dir / CONFIG_YAML, dump_recipe(recipe))
+    run = Run(run_dir)
+    run.save_model(build_model(recipe.model), ByteTokenizer())
+    run.write_recipe(recipe)
     return run_dir
 
 

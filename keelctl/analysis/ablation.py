@@ -21,9 +21,10 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from keelctl.analysis.removal import StreamMeasures, hf_removal_losses, removal_losses
+from keelctl.atomic import atomic_path, atomic_write_json
 from keelctl.errors import KeelError
 from keelctl.eval.device import resolve_device
-from keelctl.runs import atomic_path, atomic_write_json
+from keelctl.runs import heldout_data
 from keelctl.sources import ModelSource, open_source
 
 UNITS = ("sublayer", "block")
@@ -219,23 +220,17 @@ def data_settings(sources: Sequence[ModelSource | str | Path], data: str | None)
     validation split; a transformers model has none and needs --data. With --data, the first
     run's settings with the corpus replaced, for every source, so that sources sharing a
     tokenizer are scored on identical tokens."""
-    from keelctl.config import DataConfig
-
     sources = [s if hasattr(s, "data_config") else open_source(s) for s in sources]
     configs = [s.data_config() for s in sources]
     if data is not None:
-        first = configs[0] or DataConfig()
-        return [first.model_copy(update={"corpus": data})] * len(sources)
-    for source, cfg in zip(sources, configs, strict=True):
-        if cfg is None:
-            why = (
-                "a transformers model has no validation split"
-                if source.kind == "transformers"
-                else f"{source.spec}/config.yaml is missing, so the run's validation corpus "
-                "is unknown"
-            )
-            raise KeelError(f"{why}; pass --data SPEC")
-    return configs
+        return [heldout_data(configs[0], data, _no_split(sources[0]))] * len(sources)
+    return [heldout_data(c, None, _no_split(s)) for s, c in zip(sources, configs, strict=True)]
+
+
+def _no_split(source: ModelSource) -> str:
+    if source.kind == "transformers":
+        return "a transformers model has no validation split"
+    return f"{source.spec}/config.yaml is missing, so the run's validation corpus is unknown"
 
 
 def eval_tokens(d, tokenizer) -> np.ndarray:

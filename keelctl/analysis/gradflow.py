@@ -11,7 +11,6 @@ callback, treating K batches as the K micro-batches of one step.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +19,14 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 
+from keelctl.atomic import atomic_path, atomic_write_json
 from keelctl.config import RecipeConfig, load_recipe
 from keelctl.errors import KeelError
 from keelctl.grad_profile import GRAD_DPI, GradLine, grad_flow_figure, theory_gain, theory_label
 from keelctl.model import ModelConfig, Transformer, build_model
 from keelctl.model.loss import next_token_loss
-from keelctl.runs import CONFIG_YAML, GRADS_CSV, atomic_path, atomic_write_json
-from keelctl.train.grad_flow import GRADS_COLUMNS, StreamGradProbe, param_grad_squares
+from keelctl.runs import GRADS_CSV, Run
+from keelctl.train.grad_flow import StreamGradProbe, param_grad_squares
 
 
 @dataclass
@@ -210,49 +210,11 @@ def source_curves(
 
 
 def read_grads(run_dir: str | Path) -> GradHistory:
-    """RUN/grads.csv as arrays. A step recorded twice (a resumed run re-recording it) keeps its
-    last rows; a step with missing sub-layers (a run killed mid-write) is left out."""
-    run = Path(run_dir)
-    if not run.is_dir():
-        raise KeelError(f"run dir {run} does not exist; pass a directory made by `keelctl train`")
-    if not (run / CONFIG_YAML).is_file():
-        raise KeelError(f"{run / CONFIG_YAML} is missing; is {run} a `keelctl train` run dir?")
-    cfg = load_recipe(run / CONFIG_YAML).model
-    path = run / GRADS_CSV
-    if not path.is_file():
-        raise KeelError(
-            f"{path} is missing: this run recorded no gradient flow; train with "
-            "trainer.grad_flow_every > 0, or measure fresh models with --at-init RECIPE"
-        )
-    L = cfg.n_sublayers
-    text = path.read_text()
-    lines = text.splitlines()
-    if text and not text.endswith("\n"):
-        lines = lines[:-1]  # a last line cut short by a kill mid-write
-    reader = csv.reader(lines)
-    header = tuple(next(reader, ()))
-    if header != GRADS_COLUMNS:
-        raise KeelError(
-            f"{path} has columns {list(header)}, expected {list(GRADS_COLUMNS)}; "
-            "was it written by keelctl's grad-flow callback?"
-        )
-    rows: dict[int, dict[int, tuple[float, float]]] = {}
-    for line, row in enumerate(reader, start=2):
-        try:
-            step, sub = int(row[0]), int(row[1])
-            values = (float(row[4]), float(row[5]))
-        except (ValueError, IndexError):
-            raise KeelError(f"{path} line {line} is malformed: {row}; fix or delete it") from None
-        if not 0 <= sub < L:
-            raise KeelError(
-                f"{path} line {line} names sub-layer {sub}, but {run} has {L} sub-layers"
-            )
-        rows.setdefault(step, {})[sub] = values
-    steps = sorted(s for s, subs in rows.items() if len(subs) == L)
-    if not steps:
-        raise KeelError(f"{path} holds no complete step yet; wait for the first recording step")
-    table = np.array([[rows[s][i] for i in range(L)] for s in steps])  # (S, L, 2)
-    return GradHistory(run.name, cfg, path, steps, table[:, :, 0], table[:, :, 1])
+    """A run's grads.csv (Run.grads) as a GradHistory."""
+    run = Run(run_dir)
+    steps, table = run.grads()  # (S, L, 2)
+    param, stream = table[:, :, 0], table[:, :, 1]
+    return GradHistory(run.path.name, run.recipe.model, run.path / GRADS_CSV, steps, param, stream)
 
 
 def read_runs(run_dirs: Sequence[str | Path]) -> list[GradHistory]:

@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from keelctl.model.loss import token_nll
+
 Batches = Sequence[tuple[torch.Tensor, torch.Tensor]]
 OnStep = Callable[[int, int], None] | None
 
@@ -54,10 +56,8 @@ class StreamMeasures:
 
 
 def nll_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Summed next-token NLL: per token in at least fp32, summed in float64, on the CPU."""
-    logits = logits.flatten(0, 1).to(torch.promote_types(logits.dtype, torch.float32))
-    targets = targets.to(logits.device).flatten()
-    return F.cross_entropy(logits, targets, reduction="none").double().sum().cpu()
+    """Summed next-token NLL: per token as the training loss's, summed in float64, on the CPU."""
+    return token_nll(logits, targets.to(logits.device)).double().sum().cpu()
 
 
 def _run(sublayers, x: torch.Tensor, first: int, measures: StreamMeasures | None) -> torch.Tensor:

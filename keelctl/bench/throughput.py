@@ -28,10 +28,9 @@ from keelctl.bench.ratios import ratio_summary
 from keelctl.config import RecipeConfig, recipe_from_dict
 from keelctl.errors import KeelError
 from keelctl.model import RESIDUALS, build_model, count_parameters
-from keelctl.model.checkpointing import apply_activation_checkpointing
 from keelctl.model.loss import next_token_loss
-from keelctl.train.compile import compile_blocks
 from keelctl.train.optim import build_optimizer, build_schedule
+from keelctl.train.prepare import prepare_model
 
 PRECISIONS = ("32", "bf16-mixed")
 
@@ -131,11 +130,7 @@ def time_bare(recipe: RecipeConfig, batches: list, device: torch.device) -> Step
     """Step intervals (wall and CPU) of a plain loop doing what the Lightning module does:
     forward and loss under autocast, backward, gradient clipping, AdamW step, schedule step."""
     with torch.device(device):  # parameters are created on the device (fast init at 1B+)
-        model = build_model(recipe.model)
-    if recipe.trainer.activation_checkpointing:
-        apply_activation_checkpointing(model)
-    if recipe.trainer.compile:
-        compile_blocks(model)  # per block, in place, like the Lightning module
+        model = prepare_model(build_model(recipe.model), recipe.trainer)  # as LanguageModel
     opt = build_optimizer(model, recipe.optim)
     schedule = build_schedule(opt, recipe.optim, recipe.trainer.max_steps)
     bf16 = recipe.trainer.precision == "bf16-mixed"

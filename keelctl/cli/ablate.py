@@ -64,9 +64,31 @@ def ablate_layers(
     ),
 ) -> None:
     """Remove one layer at a time and report the perplexity cost (the paper's appendix A)."""
-    from keelctl.analysis.ablation import ablate, check_options, summarize, write_outputs
+    from keelctl.analysis.ablation import check_options, write_outputs
 
     check_options(threshold=threshold, output_dir=output_dir)  # ablate() checks the rest
+    results = _ablate_with_progress(
+        runs,
+        unit=unit,
+        layers=layers,
+        range_size=range_size,
+        data=data,
+        tokens=tokens,
+        batch_size=batch_size,
+        device=device,
+        method=method,
+        dtype=dtype,
+        device_map=device_map,
+    )
+    paths = write_outputs(results, output_dir, threshold)
+    _print_summary(results, unit, range_size, threshold)
+    console.print("wrote " + ", ".join(str(p) for p in paths))
+
+
+def _ablate_with_progress(runs: list[str], **options) -> list:
+    """ablate(runs, **options) with a progress bar per run."""
+    from keelctl.analysis.ablation import ablate
+
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -81,21 +103,12 @@ def ablate_layers(
                 tasks[run] = progress.add_task(f"ablating {run}", total=total)
             progress.update(tasks[run], completed=done)
 
-        results = ablate(
-            runs,
-            unit=unit,
-            layers=layers,
-            range_size=range_size,
-            data=data,
-            tokens=tokens,
-            batch_size=batch_size,
-            device=device,
-            method=method,
-            dtype=dtype,
-            device_map=device_map,
-            on_step=on_step,
-        )
-    paths = write_outputs(results, output_dir, threshold)
+        return ablate(runs, **options, on_step=on_step)
+
+
+def _print_summary(results: list, unit: str, range_size: int, threshold: float) -> None:
+    """The table of effective depths, then each run's most and least redundant layers."""
+    from keelctl.analysis.ablation import summarize
 
     name = "sub-layer" if unit == "sublayer" else "block"
     what = f"{name}s" if range_size == 1 else f"ranges of {range_size} {name}s"
@@ -124,4 +137,3 @@ def ablate_layers(
         f"effective depth: {what} whose removal raises PPL by more than "
         f"{threshold * 100:g}%; {results[0].info['tokens']} tokens per run"
     )
-    console.print("wrote " + ", ".join(str(p) for p in paths))

@@ -4,11 +4,15 @@ in a bare PyTorch loop and through keelctl's Lightning module (docs/benchmarks.m
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from keelctl.cli.app import command, console
 from keelctl.errors import KeelError
+
+if TYPE_CHECKING:  # the CLI imports torch only inside commands
+    from keelctl.bench import BenchOptions
 
 
 def _split(text: str, what: str, cast=str) -> list:
@@ -60,9 +64,7 @@ def bench(
     """Time full training steps (forward, backward, AdamW) per scheme and depth.
 
     Defaults finish in about a minute on 2 CPU cores; the paper's shapes need a GPU."""
-    from keelctl.bench import BenchOptions, run_bench
-    from keelctl.bench.report import bench_figure, bench_table, ratio_table
-    from keelctl.runs import atomic_path, atomic_write_json
+    from keelctl.bench import BenchOptions
 
     opts = BenchOptions(
         schemes=_split(schemes, "schemes"),
@@ -84,6 +86,15 @@ def bench(
         threads=threads,
         repeats=repeats,
     ).validate()
+    _bench(opts, output, plot)
+
+
+def _bench(opts: BenchOptions, output: Path | None, plot: Path | None) -> None:
+    """Run `opts` behind a progress line, print the tables, write --output and --plot."""
+    from keelctl.atomic import atomic_path, atomic_write_json
+    from keelctl.bench import run_bench
+    from keelctl.bench.report import bench_figure, bench_table, ratio_table
+
     total = len(opts.schemes) * len(opts.depths) * opts.repeats
     with console.status(f"benchmarking 1/{total}") as status:
         done = []

@@ -38,13 +38,14 @@ def generate_command(
     from keelctl.eval.device import resolve_device
     from keelctl.generate import Sampling
     from keelctl.generate.text import check_request, prompt_ids, read_prompt, stream_samples
-    from keelctl.runs import load_model
+    from keelctl.runs import Run
 
     sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p)
     check_request(max_new_tokens, num_samples)
     text = read_prompt(prompt, prompt_file)
-    context = trained_context(run)
-    model, tokenizer = load_model(run, resolve_device(device))
+    opened = Run(run)
+    context = trained_context(opened)
+    model, tokenizer = opened.load_model(resolve_device(device))
     ids = prompt_ids(tokenizer, text)
     if len(ids) > context:
         typer.echo(

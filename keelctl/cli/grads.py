@@ -58,7 +58,6 @@ def plot_grads(
     Transformers models are measured per block at their released weights; a mix of depths or
     units is drawn on a normalised depth axis."""
     from keelctl.analysis import gradflow
-    from keelctl.sources import is_transformers, open_source
 
     if at_init:
         if steps is not None or data is not None:
@@ -67,27 +66,44 @@ def plot_grads(
         heatmap_of = None
         output = output or Path("grads-at-init.png")
     else:
-        runs = [s for s in sources if not is_transformers(s)]
-        models = [
-            open_source(s, dtype=dtype, device_map=device_map)
-            for s in sources
-            if is_transformers(s)
-        ]
-        if overrides or (batches is not None and not models):
-            raise KeelError(
-                "--set applies to --at-init only, --batches to --at-init and transformers "
-                "models; drop them for run dirs"
-            )
-        if data is not None and not models:
-            raise KeelError("--data applies to transformers models; run dirs use grads.csv")
-        wanted = gradflow.parse_steps(steps or "0,last")
-        histories = gradflow.read_runs(runs)
-        curves = [curve for h in histories for curve in h.select(wanted)]
-        if models:
-            curves += gradflow.source_curves(models, data, batches or 4, device)
-        heatmap_of = histories[0] if histories else None
-        output = output or (Path(runs[0]) / "grads.png" if runs else Path("grads.png"))
+        curves, heatmap_of, default_output = _recorded_curves(
+            sources, steps, overrides, batches, data, device, dtype, device_map
+        )
+        output = output or default_output
     written = gradflow.write_outputs(curves, output, heatmap_of, json_path)
+    _print_table(curves)
+    console.print("wrote " + ", ".join(str(p) for p in written))
+
+
+def _recorded_curves(sources, steps, overrides, batches, data, device, dtype, device_map):
+    """(curves, the history to draw as a heatmap, the default output) of run dirs (their
+    grads.csv) and transformers models (measured on --data)."""
+    from keelctl.analysis import gradflow
+    from keelctl.sources import is_transformers, open_source
+
+    runs = [s for s in sources if not is_transformers(s)]
+    models = [
+        open_source(s, dtype=dtype, device_map=device_map) for s in sources if is_transformers(s)
+    ]
+    if overrides or (batches is not None and not models):
+        raise KeelError(
+            "--set applies to --at-init only, --batches to --at-init and transformers "
+            "models; drop them for run dirs"
+        )
+    if data is not None and not models:
+        raise KeelError("--data applies to transformers models; run dirs use grads.csv")
+    wanted = gradflow.parse_steps(steps or "0,last")
+    histories = gradflow.read_runs(runs)
+    curves = [curve for h in histories for curve in h.select(wanted)]
+    if models:
+        curves += gradflow.source_curves(models, data, batches or 4, device)
+    heatmap_of = histories[0] if histories else None
+    return curves, heatmap_of, Path(runs[0]) / "grads.png" if runs else Path("grads.png")
+
+
+def _print_table(curves: list) -> None:
+    """Per curve: bottom/top ratios of the stream and parameter gradients, and the theory's."""
+    from keelctl.analysis import gradflow
 
     table = Table(
         title="Gradient flow (L = sub-layers; 0/top = bottom layer ÷ top layer: sub-layers for "
@@ -115,4 +131,3 @@ def plot_grads(
             f"{c.param_bottom_top_ratio:.3g}",
         )
     console.print(table)
-    console.print("wrote " + ", ".join(str(p) for p in written))

@@ -73,13 +73,14 @@ def compare_runs_command(
 ) -> None:
     """Compare finished training runs: losses, tokens, time, the last in-training eval
     scores; optionally plot loss and eval curves."""
-    from keelctl.runs import METRICS_CSV, atomic_path
-    from keelctl.train.curves import eval_label, last_eval_scores, loss_curves, read_summary
+    from keelctl.atomic import atomic_path
+    from keelctl.runs import METRICS_CSV, Run
+    from keelctl.train.curves import eval_label, last_eval_scores, loss_curves
 
-    summaries = [read_summary(d) for d in run_dirs]
-    csvs = [Path(d) / METRICS_CSV for d in run_dirs]
+    runs = [Run(d) for d in run_dirs]
+    summaries = [r.summary() for r in runs]
     # The table needs no metrics.csv (only --plot does): a run without one shows no scores.
-    scores = [last_eval_scores(p) if p.is_file() else {} for p in csvs]
+    scores = [last_eval_scores(r) if r.has(METRICS_CSV) else {} for r in runs]
     eval_names = list(dict.fromkeys(name for run in scores for name in run))
     title = "training runs (val = validation loss, nats/token"
     title += "; task metric = last in-training eval score)" if eval_names else ")"
@@ -111,7 +112,7 @@ def compare_runs_command(
     lowest = f"[bold]{best['name']}[/bold] ({_num(best['final_val_loss'])})"
     console.print(f"lowest final validation loss: {lowest}")
     if plot is not None:
-        figure = loss_curves({s["name"]: p for s, p in zip(summaries, csvs, strict=True)})
+        figure = loss_curves({s["name"]: r for s, r in zip(summaries, runs, strict=True)})
         with atomic_path(plot) as tmp:
             figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
         console.print(f"{'loss and eval' if eval_names else 'loss'} curves: {plot}")

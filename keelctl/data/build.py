@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from keelctl.atomic import atomic_write_bytes, remove_partial_writes
 from keelctl.data.corpora import Corpus, capped_nonempty, split_documents, val_cap
 from keelctl.data.encode import encode_documents, encode_in_worker, init_worker, key_hash64
 from keelctl.data.store import (
@@ -33,7 +34,6 @@ from keelctl.data.store import (
     ShardWriter,
     read_manifest,
     store_dtype,
-    write_atomic,
 )
 from keelctl.data.tokenizers import BPETokenizer, Tokenizer, tokenizer_digest, tokenizer_from_dict
 from keelctl.errors import KeelError
@@ -88,7 +88,7 @@ class StoreBuild:
         try:
             (self.partial / STAGING).mkdir(parents=True, exist_ok=True)
             if not marker.is_file():
-                write_atomic(marker, request.encode())
+                atomic_write_bytes(marker, request.encode())
         except OSError as e:
             raise _unwritable(self.folder, e) from None
         if not (self.partial / MANIFEST).is_file():
@@ -102,6 +102,7 @@ class StoreBuild:
                 self._stage(OWN_VAL, capped_nonempty(own_val, cap), tokenizer, dtype, workers)
             self._finish(tokenizer, dtype, shard_tokens, has_own_val=own_val is not None)
         shutil.rmtree(self.partial / STAGING, ignore_errors=True)
+        remove_partial_writes(self.partial)  # what the writes of a killed build left
         (self.partial / REQUEST_JSON).unlink(missing_ok=True)
         if self.folder.exists():
             self.folder.rmdir()  # an empty folder named by data.store
@@ -117,7 +118,7 @@ class StoreBuild:
             self.progress("training bpe", 0, None, 0)
             sample = bpe_sample(self.corpus, self.params, self.train_bytes)
             tokenizer = BPETokenizer.train(sample, self.identity["vocab_size"])
-        write_atomic(path, json.dumps(tokenizer.to_dict()).encode())
+        atomic_write_bytes(path, json.dumps(tokenizer.to_dict()).encode())
         return tokenizer
 
     def _stage(self, stream: str, docs, tokenizer, dtype, workers: int) -> None:
@@ -134,10 +135,11 @@ class StoreBuild:
             self.progress("tokenizing", done_bytes, expected, done_tokens)
 
         def write(name: str, tokens: np.ndarray, index: np.ndarray) -> None:
-            write_atomic(staging / f"{name}.bin", tokens.tobytes())
+            atomic_write_bytes(staging / f"{name}.bin", tokens.tobytes())
             buffer = io.BytesIO()
             np.save(buffer, index)
-            write_atomic(staging / f"{name}.idx", buffer.getvalue())  # last: marks it complete
+            # the index last: it marks the staged part complete
+            atomic_write_bytes(staging / f"{name}.idx", buffer.getvalue())
             record(index)
 
         if expected is not None and expected < 2 * BATCH_CHARS:
@@ -210,7 +212,9 @@ class StoreBuild:
             "shard_tokens": shard_tokens,
             "splits": splits,
         }
-        write_atomic(self.partial / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
+        atomic_write_bytes(
+            self.partial / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode()
+        )
 
     def _split_single_document(self, tokenizer, dtype, writers) -> None:
         """One document: split inside it at a line near its end (the in-memory rule)."""

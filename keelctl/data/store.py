@@ -15,13 +15,14 @@ training windows do not depend on the shard size. docs/data.md says why raw .bin
 from __future__ import annotations
 
 import json
-import os
 from bisect import bisect_right
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from keelctl.atomic import atomic_path
 from keelctl.data.tokenizers import Tokenizer, tokenizer_from_dict
 from keelctl.errors import KeelError
 
@@ -151,15 +152,6 @@ def open_store(folder: Path, manifest: dict, tokenizer: Tokenizer | None = None)
     return PreparedData(tokenizer, arrays["train"], arrays["val"], manifest, folder)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Temp-then-rename in the same folder: a reader (or a rerun) sees all of it or nothing.
-    (keelctl.runs has the same for run dirs; data/ cannot import it.)"""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 class ShardWriter:
     """Appends one split's tokens into fixed-size shards; a shard appears under its name only
     when it is complete (written as a temporary file, then renamed)."""
@@ -167,7 +159,7 @@ class ShardWriter:
     def __init__(self, folder: Path, split: str, dtype: np.dtype, shard_tokens: int):
         self.folder, self.split, self.dtype, self.shard_tokens = folder, split, dtype, shard_tokens
         self.shards: list[dict] = []
-        self._file = None
+        self._file = self._shard = None  # the open shard's file; its writes (file, atomic_path)
         self._tokens = self._bytes = self._docs = 0
 
     def write(self, tokens: np.ndarray, index: np.ndarray) -> None:
@@ -177,8 +169,10 @@ class ShardWriter:
         done = 0
         while done < len(tokens):
             if self._file is None:
-                tmp = self.folder / f".{shard_name(self.split, len(self.shards))}.tmp"
-                self._file = open(tmp, "wb")
+                self._shard = ExitStack()
+                path = self.folder / shard_name(self.split, len(self.shards))
+                tmp = self._shard.enter_context(atomic_path(path))
+                self._file = self._shard.enter_context(open(tmp, "wb"))
             take = min(len(tokens) - done, self.shard_tokens - self._tokens)
             tokens[done : done + take].astype(self.dtype, copy=False).tofile(self._file)
             ended = (doc_ends > done) & (doc_ends <= done + take)
@@ -197,9 +191,8 @@ class ShardWriter:
 
     def _finish_shard(self) -> None:
         name = shard_name(self.split, len(self.shards))
-        self._file.close()
-        os.replace(self.folder / f".{name}.tmp", self.folder / name)
+        self._shard.close()  # closes the file, then renames it into place
         self.shards.append(
             {"file": name, "tokens": self._tokens, "bytes": self._bytes, "docs": self._docs}
         )
-        self._file, self._tokens, self._bytes, self._docs = None, 0, 0, 0
+        self._file, self._shard, self._tokens, self._bytes, self._docs = None, None, 0, 0, 0

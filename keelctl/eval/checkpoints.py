@@ -10,39 +10,31 @@ run's. Everything a request can get wrong is checked before any model runs.
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from keelctl.atomic import atomic_path
 from keelctl.errors import KeelError
 from keelctl.eval.device import resolve_device
 from keelctl.eval.perplexity import token_perplexity
 from keelctl.eval.runner import check_output, heldout_documents, heldout_spec, write_report
 from keelctl.model import build_model
-from keelctl.runs import CHECKPOINTS, CONFIG_YAML, SUMMARY_JSON, atomic_path
+from keelctl.runs import CHECKPOINTS, SUMMARY_JSON, Run
 
-# The names keelctl.train.checkpoints.step_checkpoint_name writes (eval does not import train).
-STEP_CKPT = re.compile(r"^step-(\d+)\.ckpt$")
 TOKENIZER_KEY = "keelctl_tokenizer"  # keelctl.train.module.TOKENIZER_KEY
 
 
 def kept_checkpoints(run_dir: Path) -> dict[int, Path]:
     """{step: path} of the run's step checkpoints, oldest first; a KeelError if it kept none."""
-    folder = Path(run_dir) / CHECKPOINTS
-    found = (
-        {int(m.group(1)): p for p in folder.iterdir() if (m := STEP_CKPT.match(p.name))}
-        if folder.is_dir()
-        else {}
-    )
+    found = Run(run_dir).step_checkpoints()
     if not found:
         raise KeelError(
-            f"{run_dir} kept no step checkpoints ({folder}/step-*.ckpt); train it with "
-            "trainer.keep_checkpoints=K to keep the last K, or drop --checkpoints"
+            f"{run_dir} kept no step checkpoints ({Path(run_dir) / CHECKPOINTS}/step-*.ckpt); "
+            "train it with trainer.keep_checkpoints=K to keep the last K, or drop --checkpoints"
         )
-    return dict(sorted(found.items()))
+    return found
 
 
 def select_checkpoints(run_dir: Path, spec: str) -> dict[int, Path]:
@@ -86,17 +78,14 @@ def load_checkpoint(path: Path, device: torch.device):
     return model.to(device).eval(), tokenizer
 
 
-def tokens_per_step(run_dir: Path) -> int:
+def tokens_per_step(run: Run) -> int:
     """Tokens trained on per optimizer step, from the run's summary.json or its recipe."""
-    summary = Path(run_dir) / SUMMARY_JSON
-    if summary.is_file():
-        return int(json.loads(summary.read_text())["tokens_per_step"])
-    from keelctl.config import load_recipe
-
-    recipe = load_recipe(Path(run_dir) / CONFIG_YAML)
+    if run.has(SUMMARY_JSON):
+        return int(run.summary()["tokens_per_step"])
+    recipe = run.recipe
     if recipe.sequences_per_step is None:
         raise KeelError(
-            f"{run_dir} has no {SUMMARY_JSON} and its recipe says devices: auto, so its tokens "
+            f"{run.path} has no {SUMMARY_JSON} and its recipe says devices: auto, so its tokens "
             "per step are unknown; finish or resume the run first"
         )
     return recipe.sequences_per_step * recipe.data.seq_len
@@ -123,8 +112,9 @@ def evaluate_checkpoints(
         raise KeelError(f"--batch-size must be at least 1, got {batch_size}")
     torch_device = resolve_device(device)
     chosen = {Path(run): select_checkpoints(run, checkpoints) for run in run_dirs}
-    per_step = {run: tokens_per_step(run) for run in chosen}
-    for run in chosen:
+    opened = {path: Run(path) for path in chosen}  # each run's recipe and model.json read once
+    per_step = {path: tokens_per_step(run) for path, run in opened.items()}
+    for run in opened.values():
         heldout_spec(run, data)  # a run without config.yaml needs --data: say so before work
     if tasks:
         resolve_tasks(list(tasks))
@@ -132,10 +122,10 @@ def evaluate_checkpoints(
     limit = int(limit) if limit is not None and limit >= 1 else limit
     rows, texts = [], {}
     for run, steps in chosen.items():
-        context = trained_context(run)
+        context = trained_context(opened[run])
         for step, path in steps.items():
             model, tokenizer = load_checkpoint(path, torch_device)
-            spec, docs, n_bytes = heldout_documents(run, data, tokenizer, texts)
+            spec, docs, n_bytes = heldout_documents(opened[run], data, tokenizer, texts)
             row = {
                 "run": str(run),
                 "step": step,

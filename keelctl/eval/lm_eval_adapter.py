@@ -68,10 +68,11 @@ class KeelLM(TemplateLM):
             if device == HARNESS_DEFAULT_DEVICE and not torch.cuda.is_available():
                 device = "cpu"
             from keelctl.eval.context import trained_context
-            from keelctl.runs import load_model
+            from keelctl.runs import Run
 
-            model, tokenizer = load_model(path, resolve_device(device))
-            max_length = max_length or trained_context(path)
+            run = Run(path)
+            model, tokenizer = run.load_model(resolve_device(device))
+            max_length = max_length or trained_context(run)
         elif tokenizer is None:
             raise KeelError("KeelLM(model=...) also needs tokenizer=...")
         self.model, self.tokenizer = model.eval(), tokenizer

@@ -19,11 +19,11 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from torch import nn
 
 from keelctl.errors import KeelError
+from keelctl.model.loss import token_nll
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -36,11 +36,10 @@ def token_scores(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(log p(tokens[:, t+1] | tokens[:, :t+1]), whether that token was the argmax), each (B, T-1).
 
-    Log-probabilities are computed in float32 whatever the model's dtype."""
-    logits = model(tokens[:, :-1], skip=skip).float()
+    Log-probabilities are the training loss's (keelctl.model.loss), in float32 or wider."""
+    logits = model(tokens[:, :-1], skip=skip)
     targets = tokens[:, 1:]
-    logp = F.log_softmax(logits, dim=-1)
-    return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1), logits.argmax(-1) == targets
+    return -token_nll(logits, targets), logits.argmax(-1) == targets
 
 
 def sequence_nll(

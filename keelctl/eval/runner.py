@@ -14,42 +14,30 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
+from keelctl.atomic import atomic_write_json
 from keelctl.errors import KeelError
 from keelctl.eval.device import resolve_device
 from keelctl.eval.perplexity import token_perplexity
-from keelctl.runs import CONFIG_YAML, atomic_write_json
+from keelctl.runs import CONFIG_YAML, Run, heldout_data
 from keelctl.sources import open_source
 
 
-def heldout_spec(run_dir: Path, data: str | None) -> tuple[str, dict]:
+def heldout_spec(run: Path | Run, data: str | None) -> tuple[str, dict]:
     """(corpus spec, load_documents keywords): the run's data section, with SPEC swapped in."""
-    from keelctl.config import DataConfig
-
-    cfg = _run_data(run_dir) or (DataConfig() if data is not None else None)
-    if cfg is None:
-        raise KeelError(
-            f"{Path(run_dir) / CONFIG_YAML} is missing, so the run's validation split is "
-            "unknown; pass --data SPEC"
-        )
+    run = run if isinstance(run, Run) else Run(run)
+    unknown = f"{run.path / CONFIG_YAML} is missing, so the run's validation split is unknown"
+    cfg = heldout_data(run.data_config(), data, unknown)
     kwargs = dict(
         val_fraction=cfg.val_fraction,
         text_field=cfg.text_field,
         hf_split=cfg.split,
         max_bytes=cfg.max_bytes,
     )
-    return data or cfg.corpus, kwargs
-
-
-def _run_data(run_dir: Path):
-    """The run's `data` section, or None when the run dir has no config.yaml."""
-    from keelctl.config import load_recipe
-
-    recipe_path = Path(run_dir) / CONFIG_YAML
-    return load_recipe(recipe_path).data if recipe_path.is_file() else None
+    return cfg.corpus, kwargs
 
 
 def heldout_documents(
-    run_dir: Path, data: str | None, tokenizer, text_cache: dict
+    run: Run, data: str | None, tokenizer, text_cache: dict
 ) -> tuple[str, list[list[int]], int]:
     """(what is scored, its documents as token ids, their UTF-8 bytes). Without --data, the
     run's validation split comes from its token store (found by the corpus's cheap
@@ -58,9 +46,9 @@ def heldout_documents(
     from keelctl.data import load_documents, prepare_data_section
     from keelctl.eval.perplexity import split_documents
 
-    spec, kwargs = heldout_spec(run_dir, data)
+    spec, kwargs = heldout_spec(run, data)
     if data is None:
-        prepared = prepare_data_section(_run_data(run_dir), tokenizer)
+        prepared = prepare_data_section(run.data_config(), tokenizer)
         docs = split_documents(prepared.val[:], tokenizer.eot_id)
         return spec, docs, int(prepared.meta["splits"]["val"]["bytes"])
     key = (spec, *sorted(kwargs.items()))
@@ -123,7 +111,7 @@ def evaluate_runs(
             raise KeelError(
                 f"{source.spec}: a transformers model has no validation split; pass --data SPEC"
             )
-        heldout_spec(Path(source.spec), data)
+        heldout_spec(_run(source), data)
     if tasks:
         from keelctl.eval.harness import resolve_tasks
 
@@ -166,7 +154,7 @@ def evaluate_runs(
 def _perplexity_entry(source, model, data: str | None, texts: dict, batch_size: int) -> dict:
     """The report entry of one source: what it is and its held-out perplexity."""
     tokenizer = source.tokenizer
-    spec, docs, n_bytes = heldout_documents(Path(source.spec), data, tokenizer, texts)
+    spec, docs, n_bytes = heldout_documents(_run(source), data, tokenizer, texts)
     return {
         **source.info(),
         "source": source.kind,
@@ -185,6 +173,11 @@ def _perplexity_entry(source, model, data: str | None, texts: dict, batch_size: 
             ),
         },
     }
+
+
+def _run(source) -> Run:
+    """A run source's Run (its recipe read once); a transformers source as a Run without one."""
+    return source.run if source.kind == "keelctl" else Run(source.spec)
 
 
 def _task_model(source, model, batch_size: int):

@@ -15,23 +15,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
+from keelctl.atomic import atomic_folder
 from keelctl.errors import KeelError
 from keelctl.export.tokenizer import tokenizer_files
 from keelctl.model import ModelConfig, Transformer, sublayer_rules
 from keelctl.model.residual import uses_final_norm
-from keelctl.runs import (
-    MODEL_WEIGHTS,
-    UnwritablePath,
-    WriteFailed,
-    config_hash,
-    is_write_failure,
-    load_model,
-)
+from keelctl.runs import MODEL_WEIGHTS, Run, config_hash
 
 REMOTE_CODE = Path(__file__).parent / "remote_code"
 CODE_FILES = ("configuration_keel.py", "modeling_keel.py")
@@ -126,11 +118,6 @@ def _write_folder(folder: Path, model: Transformer, tokenizer, context: int) -> 
         shutil.copyfile(REMOTE_CODE / name, folder / name)
     for name, text in tokenizer_files(tokenizer, context).items():
         (folder / name).write_text(text, encoding="utf-8")
-    umask = os.umask(0)  # read by setting it; restored at once
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)  # mkdtemp makes 0700: the export should read like any folder
-    for path in folder.iterdir():
-        path.chmod(0o666 & ~umask)
 
 
 def export_hf(run_dir: Path, output: Path, *, context: int, force: bool = False) -> Path:
@@ -140,31 +127,9 @@ def export_hf(run_dir: Path, output: Path, *, context: int, force: bool = False)
         raise KeelError(f"--output {output} is a file; give a folder")
     if output.is_dir() and any(output.iterdir()) and not force:
         raise KeelError(f"--output {output} is not empty; pass --force to replace it")
-    model, tokenizer = load_model(run_dir)
+    model, tokenizer = Run(run_dir).load_model()
     check_exportable(model.config, model)
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
-    except OSError as e:
-        raise UnwritablePath(e.errno, e.strerror, str(output)) from None
-    old = None
-    try:
+    needed = sum(t.nbytes for t in model.state_dict().values())
+    with atomic_folder(output, needed) as tmp:
         _write_folder(tmp, model, tokenizer, context)
-        if output.exists():
-            old = Path(
-                tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".old", dir=output.parent)
-            )
-            os.replace(output, old / output.name)
-        os.replace(tmp, output)
-    except Exception as e:
-        if not is_write_failure(e):
-            raise
-        if old is not None and not output.exists():  # put the previous export back
-            os.replace(old / output.name, output)
-        needed = sum(t.nbytes for t in model.state_dict().values())
-        raise WriteFailed(output, e, needed, 0) from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
     return output

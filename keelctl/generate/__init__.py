@@ -1,5 +1,6 @@
-"""Generation: a preallocated KV cache (cache.py), sampling (sampling.py) and the decode loop
-(decode.py) shared by `keelctl generate` and the lm-eval adapter.
+"""Generation: a preallocated KV cache (cache.py), sampling (sampling.py), the lean one-token
+step (step.py) and the decode loop (decode.py) shared by `keelctl generate` and the lm-eval
+adapter.
 
     from keelctl.generate import Sampling, generate
     new = generate(model, [prompt_ids], max_new_tokens=64, context=128, eot_id=tok.eot_id,

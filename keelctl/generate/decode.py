@@ -16,6 +16,7 @@ from torch import nn
 from keelctl.errors import KeelError
 from keelctl.generate.cache import KVCache
 from keelctl.generate.sampling import GREEDY, Sampling, next_tokens
+from keelctl.generate.step import lean_step
 
 
 def cut_left(ids: Sequence[int], context: int) -> list[int]:
@@ -85,6 +86,8 @@ def decode(
     generated: list[list[int]] = [[] for _ in prompts]
 
     logits, cache = _last_logits(model, window, pad, context, use_cache)
+    # cached one-token steps skip the model's module overhead where they can (step.py)
+    one_token = (lean_step(model) if use_cache else None) or model
     for step in range(max_new_tokens):
         token = next_tokens(logits, sampling, generator)
         out: list[int | None] = []
@@ -108,7 +111,7 @@ def decode(
         else:
             window = torch.cat([window, token], dim=1)
             if cache is not None:
-                logits = model(token, cache=cache)[:, -1].float()
+                logits = one_token(token, cache=cache)[:, -1].float()
             else:
                 logits = _last_logits(model, window, pad, context, use_cache)[0]
 

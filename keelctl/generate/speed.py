@@ -1,6 +1,6 @@
 """Decoding speed with and without the KV cache (the numbers in docs/generate.md).
 
-    nice -n 19 env OMP_NUM_THREADS=1 python -m keelctl.generate.speed [REPEATS]
+    [nice -n 19] env OMP_NUM_THREADS=1 python -m keelctl.generate.speed [REPEATS]
 
 Untrained Keel models of width 64 at 64 and 256 sub-layers, batch 1, a 16-token prompt, 512
 new tokens, greedy. End-of-text is given an id the model cannot produce, so every run makes

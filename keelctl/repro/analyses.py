@@ -17,48 +17,22 @@ on the bound, not dropped as a diverged run's non-finite number.
 
 from __future__ import annotations
 
-import math
-
-from keelctl.repro import paper
-from keelctl.repro.context import Context, Protocol
+from keelctl.repro.context import Context, Protocol, depth_sweep_specs
+from keelctl.repro.figures import series, xy_figure
+from keelctl.repro.paper import PAPER_GRAD_FLOW
 from keelctl.repro.plan import Outcome, Progress, RunSpec
+from keelctl.repro.readings import (
+    FROM,
+    GRAD_TIE,
+    VANISHED,
+    by,
+    grad_level,
+    stream_ratio,
+    theory_ratio,
+    trained,
+)
 from keelctl.repro.report import Report, md_table, rel
-from keelctl.repro.sweeps import by, depth_sweep_specs, xy_figure
-from keelctl.repro.verdicts import claim, mean_std
-
-GRAD_TIE = math.log10(1.1)  # decades: ratios within 10% of each other
-FROM = 2  # the first sub-layer above the first block
-# decades from 1 down to float32's smallest normal number (1.18e-38): a ratio of exactly 0 fell
-# at least this far (gradients below it are flushed to zero, torch.set_flush_denormal)
-VANISHED = -math.log10(1.1754943508222875e-38)
-
-
-def _trained(outcomes: list[Outcome]) -> list[Outcome]:
-    return [o for o in outcomes if o.summary.get("status") != "diverged"]
-
-
-def stream_ratio(curve) -> float:
-    """A GradCurve's residual-stream gradient ratio, sub-layer FROM / top (nan: too shallow)."""
-    s = curve.stream_grad_norm
-    return s[FROM] / s[-1] if len(s) > FROM + 1 else math.nan
-
-
-def grad_level(curve) -> float:
-    """|log10 stream_ratio| in decades: 0 = level; VANISHED (a lower bound) when the gradient
-    at FROM is exactly 0."""
-    r = stream_ratio(curve)
-    return VANISHED if r == 0 else abs(math.log10(r))
-
-
-def theory_ratio(cfg) -> float:
-    """The skip-path gain alone (grad_profile.theory_gain), sub-layer FROM / top."""
-    from keelctl.analysis.gradflow import theory_gain
-
-    gain = theory_gain(cfg)
-    return gain[FROM] / gain[-1] if len(gain) > FROM + 1 else math.nan
-
-
-# ---- grad-flow ------------------------------------------------------------------------------
+from keelctl.repro.verdicts import claim
 
 
 def plan_grad_flow(ctx: Context) -> list[RunSpec]:
@@ -70,38 +44,14 @@ def plan_grad_flow(ctx: Context) -> list[RunSpec]:
 def analyse_grad_flow(
     ctx: Context, outcomes: list[Outcome], report: Report, progress: Progress
 ) -> None:
-    from keelctl.analysis.gradflow import read_grads, write_outputs
-
     sc = ctx.scale
-    curves = {}  # run dir -> (curve at step 0, curve at the last step)
+    runs = trained(outcomes)
+    curves = {}  # run dir -> (GradCurve at step 0, GradCurve at the last step)
     for depth in sc.depths:
-        group = [o for o in _trained(outcomes) if o.spec.depth == depth]
-        if not group:
-            continue
-        histories = [read_grads(o.record) for o in group]
-        picked = [h.select([0, "last"]) for h in histories]
-        for o, pair in zip(group, picked, strict=True):
-            curves[o.spec.run_dir] = (pair[0], pair[-1])
-        png = ctx.out / f"grad-flow-L{depth}.png"
-        write_outputs(
-            [c for pair in picked for c in pair],
-            png,
-            heatmap_of=histories[-1],
-            json_path=ctx.out / f"grad-flow-L{depth}.json",
-        )
-        report.add(
-            f"![gradient flow, {depth} sub-layers]({png.name})\n\n*{depth} sub-layers: "
-            "stream gradient per sub-layer at step 0 and the last step, theory dashed; "
-            f"heatmap of {histories[-1].name}: [{png.stem}-heatmap.png]"
-            f"({png.stem}-heatmap.png)*"
-        )
-        ctx.commands.append(
-            "keelctl plot-grads "
-            + " ".join(str(o.spec.run_dir) for o in group)
-            + f" --steps 0,last --output {rel(png, ctx.out.parent)}"
-            + f" --json {rel(png.with_suffix('.json'), ctx.out.parent)}"
-        )
-        progress.report(f"grad-flow {depth} sub-layers", progress.done + len(group))
+        group = [o for o in runs if o.spec.depth == depth]
+        if group:
+            curves |= _plot_depth(ctx, group, depth, report)
+            progress.report(f"grad-flow {depth} sub-layers", progress.done + len(group))
 
     def level(when: int):
         return lambda o: grad_level(curves[o.spec.run_dir][when])
@@ -111,49 +61,66 @@ def analyse_grad_flow(
             f"Gradient level after training: |log10(sub-layer {FROM} / top)|",
             "depth (sub-layers)",
             "|log10 stream-gradient ratio| (0 = level)",
-            {
-                scheme: (
-                    list(sc.depths),
-                    *zip(
-                        *(
-                            mean_std(
-                                by(_trained(outcomes), level(1), scheme=scheme, depth=d)
-                                or [math.nan]
-                            )
-                            for d in sc.depths
-                        ),
-                        strict=True,
-                    ),
-                )
-                for scheme in (*sc.grad_schemes, *sc.fix_schemes)
-            },
+            series(runs, level(1), "depth", list(sc.depths), (*sc.grad_schemes, *sc.fix_schemes)),
         ),
         "grad-level-vs-depth.png",
         "How far each scheme's stream gradient falls from the top to sub-layer 2 after "
         "training, mean ± std over seeds",
     )
-
-    rows = []
     for depth in sc.depths:
         for when, name in ((0, "at init (step 0)"), (1, "after training (last step)")):
-            keel = by(_trained(outcomes), level(when), scheme="keel", depth=depth)
+            keel = by(runs, level(when), scheme="keel", depth=depth)
             for base in ("post_ln", "deepnorm"):
                 report.verdicts.append(
                     claim(
                         f"{depth} sub-layers, {name}: Keel's stream gradient holds level better "
                         f"than {base}'s (|log10 ratio|, sub-layer {FROM} / top)",
-                        paper.GRAD_FLOW if base == "post_ln" else "DeepNorm: about exp(-sqrt(L)/2)",
+                        PAPER_GRAD_FLOW if base == "post_ln" else "DeepNorm: about exp(-sqrt(L)/2)",
                         keel,
-                        by(_trained(outcomes), level(when), scheme=base, depth=depth),
+                        by(runs, level(when), scheme=base, depth=depth),
                         "lower",
                         tie=GRAD_TIE,
                         fmt=".3g",
                         names=("keel", base),
                     )
                 )
-        for o in (o for o in _trained(outcomes) if o.spec.depth == depth):
+    report.add(*_ratio_table(ctx, runs, curves))
+
+
+def _plot_depth(ctx: Context, group: list[Outcome], depth: int, report: Report) -> dict:
+    """plot-grads' figures of the runs at `depth` (step 0 and the last step), into the report;
+    returns each run's two curves."""
+    from keelctl.analysis.gradflow import read_grads, write_outputs
+
+    histories = [read_grads(o.record) for o in group]
+    picked = [h.select([0, "last"]) for h in histories]
+    png = ctx.out / f"grad-flow-L{depth}.png"
+    write_outputs(
+        [c for pair in picked for c in pair],
+        png,
+        heatmap_of=histories[-1],
+        json_path=ctx.out / f"grad-flow-L{depth}.json",
+    )
+    report.add(
+        f"![gradient flow, {depth} sub-layers]({png.name})\n\n*{depth} sub-layers: "
+        "stream gradient per sub-layer at step 0 and the last step, theory dashed; "
+        f"heatmap of {histories[-1].name}: [{png.stem}-heatmap.png]"
+        f"({png.stem}-heatmap.png)*"
+    )
+    ctx.commands.append(
+        "keelctl plot-grads "
+        + " ".join(str(o.spec.run_dir) for o in group)
+        + f" --steps 0,last --output {rel(png, ctx.out.parent)}"
+        + f" --json {rel(png.with_suffix('.json'), ctx.out.parent)}"
+    )
+    return {o.spec.run_dir: (pair[0], pair[-1]) for o, pair in zip(group, picked, strict=True)}
+
+
+def _ratio_table(ctx: Context, runs: list[Outcome], curves: dict) -> tuple[str, str]:
+    rows = []
+    for depth in ctx.scale.depths:
+        for o in (o for o in runs if o.spec.depth == depth):
             first, last = curves[o.spec.run_dir]
-            theory = theory_ratio(o.spec.recipe.model)
             rows.append(
                 (
                     o.spec.name,
@@ -161,12 +128,12 @@ def analyse_grad_flow(
                     depth,
                     f"{stream_ratio(first):.3g}",
                     f"{stream_ratio(last):.3g} (step {last.step})",
-                    f"{theory:.3g}",
+                    f"{theory_ratio(o.spec.recipe.model):.3g}",
                     f"{first.bottom_top_ratio:.3g}",
                     f"{last.bottom_top_ratio:.3g}",
                 )
             )
-    report.add(
+    return (
         f"Residual-stream gradient ratio, sub-layer {FROM} / top sub-layer (1 = level; "
         "theory: the skip-path gain alone, as if |F(x)| ~ |x|), and plot-grads' "
         "sub-layer 0 / top ratio, which includes the embedding's first norm. A ratio of 0 "
@@ -188,7 +155,7 @@ def analyse_grad_flow(
     )
 
 
-GRAD_FLOW = Protocol(
+GRAD_FLOW_PROTOCOL = Protocol(
     name="grad-flow",
     title="gradient flow through depth (the paper's gradient view)",
     claim="Post-LN's gradient vanishes toward the bottom of a deep stack while Keel's stays "

@@ -18,16 +18,21 @@ Single-seed differences under TIE nats/token are ties.
 
 from __future__ import annotations
 
-import math
-
-from keelctl.analysis.plots import new_figure
-from keelctl.repro import paper
-from keelctl.repro.analyses import FROM, grad_level, theory_ratio
-from keelctl.repro.context import Context, Protocol
+from keelctl.repro.context import Context, Protocol, label, set_flags, train_spec
+from keelctl.repro.figures import variant_loss_figure
+from keelctl.repro.paper import PAPER_DESIGN
 from keelctl.repro.plan import Outcome, Progress, RunSpec
+from keelctl.repro.readings import (
+    FROM,
+    TIE,
+    diverged,
+    final_loss,
+    grad_level_after,
+    theory_ratio,
+    variant_groups,
+)
 from keelctl.repro.report import Report, md_table
-from keelctl.repro.sweeps import TIE, final_loss, label, train_spec
-from keelctl.repro.verdicts import claim, fmt_group, mean_std
+from keelctl.repro.verdicts import claim, fmt_group
 
 BASELINE = "keel"
 # variant -> (what it changes, in words; the model keys it sets at depth L)
@@ -46,15 +51,6 @@ VARIANTS = {
 def model_keys(variant: str, depth: int) -> dict:
     """The model keys `variant` sets on depth-sweep's Keel recipe at `depth` sub-layers."""
     return VARIANTS[variant][1](depth)
-
-
-def set_flags(keys: dict) -> str:
-    """The keys as `keelctl train` options: --set model.alpha=8.0 (none: depth-sweep's run)."""
-
-    def text(v) -> str:
-        return str(v).lower() if isinstance(v, bool) else repr(v) if isinstance(v, float) else v
-
-    return " ".join(f"--set model.{k}={text(v)}" for k, v in keys.items()) or "(none)"
 
 
 def planned(ctx: Context) -> list[tuple[str, RunSpec]]:
@@ -79,14 +75,6 @@ def plan_design(ctx: Context) -> list[RunSpec]:
     return [spec for _, spec in planned(ctx)]
 
 
-def _grad_level_after(o: Outcome) -> float:
-    from keelctl.analysis.gradflow import read_grads
-
-    if o.summary.get("status") == "diverged":
-        return math.nan
-    return grad_level(read_grads(o.record).select(["last"])[0])
-
-
 def _claim(depth: int, variant: str, keel: list[float], other: list[float]):
     """'Keel as published reaches a lower validation loss than the variant'; the paper is
     silent on a final norm, so that claim is keelctl's default (none) against one."""
@@ -96,7 +84,7 @@ def _claim(depth: int, variant: str, keel: list[float], other: list[float]):
     else:
         ours, says = (
             "Keel as published (inner norm, alpha = L, v2 first block)",
-            paper.DESIGN[variant],
+            PAPER_DESIGN[variant],
         )
         than = VARIANTS[variant][0]
     text = f"{depth} sub-layers: {ours} reaches a lower validation loss than {than}"
@@ -108,22 +96,17 @@ def analyse_design(
 ) -> None:
     sc = ctx.scale
     plan = planned(ctx)
-    variant_of = {spec.run_dir: variant for variant, spec in plan}
     model_of = {(variant, spec.depth): spec.recipe.model for variant, spec in plan}
     progress.report("design: reading records", progress.total)
     losses = {}  # depth -> variant -> final validation losses (one per recorded seed)
-    for depth in sc.design_depths:
-        group = {
-            v: [o for o in outcomes if o.spec.depth == depth and variant_of[o.spec.run_dir] == v]
-            for v in VARIANTS
-        }
+    for depth, group in variant_groups(plan, outcomes, lambda spec: spec.depth).items():
         losses[depth] = {v: [final_loss(o) for o in runs] for v, runs in group.items()}
         keel = {o.spec.seed: final_loss(o) for o in group[BASELINE]}
         rows = []
         for variant, runs in group.items():
             # same seed, same data order: most of the seed-to-seed noise cancels in the difference
             paired = [final_loss(o) - keel[o.spec.seed] for o in runs if o.spec.seed in keel]
-            diverged = sum(o.summary.get("status") == "diverged" for o in runs)
+            n_diverged = sum(diverged(o) for o in runs)
             rows.append(
                 (
                     variant,
@@ -131,10 +114,10 @@ def analyse_design(
                     f"{len(runs)}/{len(ctx.seeds)}",
                     fmt_group(losses[depth][variant]),
                     fmt_group(paired, ".3g") if variant != BASELINE else "",
-                    fmt_group([_grad_level_after(o) for o in runs], ".3g"),
+                    fmt_group([grad_level_after(o) for o in runs], ".3g"),
                     f"{theory_ratio(model_of[variant, depth]):.3g}",
-                    f"{diverged}/{len(runs)}" if runs else "n/a",
-                    paper.DESIGN[variant],
+                    f"{n_diverged}/{len(runs)}" if runs else "n/a",
+                    PAPER_DESIGN[variant],
                 )
             )
             if variant != BASELINE:
@@ -165,36 +148,18 @@ def analyse_design(
             ),
         )
     report.figure(
-        design_figure(losses),
+        variant_loss_figure(
+            {f"{depth} sub-layers": by_variant for depth, by_variant in losses.items()},
+            size=(4.0, 4.2),
+            rotation=45,
+            sharey=True,
+        ),
         "design-val-loss.png",
         "Final validation loss per variant, one panel per depth (mean ± std over seeds)",
     )
 
 
-def design_figure(losses: dict[int, dict[str, list[float]]]):
-    """One panel per depth: each variant's final validation loss, mean ± std over its finite
-    values, n beside the variant name (a variant with no finite value gets no point)."""
-    fig = new_figure(max(4.5, 4.0 * len(losses)), 4.2)
-    axes = fig.subplots(1, max(1, len(losses)), squeeze=False, sharey=True)[0]
-    for ax, (depth, by_variant) in zip(axes, losses.items(), strict=False):
-        names = list(by_variant)
-        for k, name in enumerate(names):
-            values = [v for v in by_variant[name] if math.isfinite(v)]
-            if values:
-                m, s = mean_std(values)
-                ax.errorbar([k], [m], yerr=[s], marker="o", capsize=3, color=f"C{k}")
-        ax.set_xticks(
-            range(len(names)),
-            [f"{n} (n={len(by_variant[n])})" for n in names],
-            rotation=45,
-            ha="right",
-        )
-        ax.set(title=f"{depth} sub-layers", ylabel="final validation loss (nats/token)")
-        ax.grid(alpha=0.3)
-    return fig
-
-
-DESIGN = Protocol(
+DESIGN_PROTOCOL = Protocol(
     name="design",
     title="Keel's design path, one choice at a time (section 4.2)",
     claim="Each of Keel's choices (inner norm, alpha = L, the v2 first block) matters: Keel as "

@@ -15,23 +15,21 @@ differences under TIE are ties.
 
 from __future__ import annotations
 
-import csv
 import math
 
-from keelctl.repro.context import Context, Protocol
+from keelctl.repro.context import SCHEMES, Context, Protocol, train_spec
+from keelctl.repro.paper import PAPER_HOPS
 from keelctl.repro.plan import Outcome, Progress, RunSpec
+from keelctl.repro.readings import final_loss
 from keelctl.repro.report import Report, md_table
-from keelctl.repro.sweeps import final_loss, train_spec
 from keelctl.repro.verdicts import claim, fmt_group, mean_std
-from keelctl.runs import METRICS_CSV
+from keelctl.runs import METRICS_CSV, Run
 
 HOPS = (1, 2, 3, 4)
-SCHEMES = ("pre_ln", "keel")
 TASKS = tuple(f"keel_hops_k{k}" for k in HOPS)
 HOPS_DOCUMENTS = 8000  # about 10 MB of sessions: half of the cpu scale's 20 MB of text
 HOPS_LIMIT = {"micro": 4}  # items per hop count at each scale (default: all 200)
 TIE = 0.02  # accuracy: about 4 of 200 items
-PAPER = "untested there; its largest gains are on multi-step tasks (appendix B)"
 
 
 CORPUS = f"builtin:hops-{HOPS_DOCUMENTS}+python-stdlib"
@@ -62,15 +60,11 @@ def plan_hops(ctx: Context) -> list[RunSpec]:
 def hop_accuracy(o: Outcome) -> dict[int, float]:
     """{hops: accuracy} of the run's last in-training eval; nan where it has none (a
     diverged run, or an eval that failed)."""
-    path = o.record / METRICS_CSV
-    last: dict[int, float] = {}
-    if path.is_file() and o.summary.get("status") != "diverged":
-        with open(path, newline="") as f:
-            for row in csv.DictReader(f):
-                for k in HOPS:
-                    if row.get(f"eval/keel_hops_k{k}/acc"):
-                        last[k] = float(row[f"eval/keel_hops_k{k}/acc"])
-    return {k: last.get(k, math.nan) for k in HOPS}
+    run = Run(o.record)
+    if not run.has(METRICS_CSV) or o.summary.get("status") == "diverged":
+        return dict.fromkeys(HOPS, math.nan)
+    scores = {k: run.metric(f"eval/keel_hops_k{k}/acc")[1] for k in HOPS}
+    return {k: values[-1] if values else math.nan for k, values in scores.items()}
 
 
 def analyse_hops(ctx: Context, outcomes: list[Outcome], report: Report, progress: Progress):
@@ -109,7 +103,7 @@ def analyse_hops(ctx: Context, outcomes: list[Outcome], report: Report, progress
                 claim(
                     f"{depth} sub-layers, {k} hop(s): Keel tracks variables more accurately "
                     "than Pre-LN",
-                    PAPER,
+                    PAPER_HOPS,
                     acc["keel", depth][k],
                     acc["pre_ln", depth][k],
                     "higher",
@@ -120,7 +114,7 @@ def analyse_hops(ctx: Context, outcomes: list[Outcome], report: Report, progress
         report.verdicts.append(
             claim(
                 f"Keel, {k} hop(s): {deep} sub-layers more accurate than {shallow}",
-                PAPER,
+                PAPER_HOPS,
                 acc["keel", deep][k],
                 acc["keel", shallow][k],
                 "higher",

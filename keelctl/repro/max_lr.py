@@ -11,47 +11,26 @@ A run that never diverges has a max LR of at least the peak, and is counted as t
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 from matplotlib.ticker import NullFormatter
 
 from keelctl.analysis.plots import new_figure
-from keelctl.repro import paper
 from keelctl.repro.callbacks import StopWhenDiverged
-from keelctl.repro.context import Context, Protocol
-from keelctl.repro.divergence import (
-    Divergence,
-    DivergenceRules,
-    detect_divergence,
-    smoothed,
-)
+from keelctl.repro.context import Context, Protocol, ramp_spec
+from keelctl.repro.divergence import smoothed
+from keelctl.repro.paper import PAPER_MAX_LR, PAPER_MAX_LR_RAMP
 from keelctl.repro.plan import Outcome, Progress, RunSpec
+from keelctl.repro.readings import Curve, detect_ramps, read_curve
 from keelctl.repro.report import Report, md_table
 from keelctl.repro.verdicts import claim, fmt_group, mean_std
-from keelctl.runs import METRICS_CSV
-from keelctl.train.curves import read_metric
 
 BASELINES = ("pre_ln", "deepnorm", "post_ln")
-
-
-def ramp_spec(ctx: Context, scheme: str, depth: int, seed: int, steps: int, label: str) -> RunSpec:
-    """A run whose LR ramps linearly from 0 to the scale's peak over all its `steps`."""
-    recipe = ctx.recipe(
-        scheme=scheme,
-        depth=depth,
-        seed=seed,
-        lr=ctx.scale.max_lr_peak,
-        steps=steps,
-        warmup_steps=steps,
-        trainer=dict(log_every=1, val_every=steps, grad_flow_every=0),
-    )
-    return ctx.spec(label, recipe)
 
 
 def plan(ctx: Context) -> list[RunSpec]:
     sc = ctx.scale
     return [
-        ramp_spec(ctx, scheme, depth, seed, sc.max_lr_steps, f"maxlr-{scheme}-L{depth}-s{seed}")
+        ramp_spec(ctx, scheme, depth, seed, sc.max_lr_steps)
         for depth in sc.max_lr_depths
         for scheme in sc.max_lr_schemes
         for seed in ctx.seeds
@@ -60,67 +39,6 @@ def plan(ctx: Context) -> list[RunSpec]:
 
 def callbacks(ctx: Context):
     return lambda spec: [StopWhenDiverged(ctx.scale.divergence, spec.recipe.trainer.max_steps)]
-
-
-@dataclass
-class Curve:
-    spec: RunSpec
-    steps: list[int]
-    losses: list[float]
-    lrs: list[float]
-    found: Divergence | None = None
-
-    @property
-    def max_lr(self) -> float:
-        """Last LR before divergence; the ramp's last LR when it never diverged."""
-        if self.found is None:
-            return self.spec.recipe.optim.lr
-        return self.found.last_lr if self.found.last_lr is not None else 0.0
-
-
-def read_curve(o: Outcome) -> Curve:
-    """Per-step (step, train loss, lr) from the record's metrics.csv; a step logged twice keeps
-    its last value (the NaN guard re-logs the bad step's loss)."""
-    spec, path = o.spec, o.record / METRICS_CSV
-    loss_by_step = dict(zip(*read_metric(path, "train_loss"), strict=True))
-    lr_by_step = dict(zip(*read_metric(path, "lr"), strict=True))
-    steps = sorted(loss_by_step)
-    return Curve(
-        spec, steps, [loss_by_step[s] for s in steps], [lr_by_step.get(s, math.nan) for s in steps]
-    )
-
-
-def reference(curves: list[Curve]) -> dict[int, float]:
-    """Per step, the lowest finite loss among `curves`."""
-    best: dict[int, float] = {}
-    for c in curves:
-        for step, loss in zip(c.steps, c.losses, strict=True):
-            if math.isfinite(loss):
-                best[step] = min(loss, best.get(step, math.inf))
-    return best
-
-
-def detect_group(group: list[Curve], rules: DivergenceRules) -> None:
-    """Fill each curve's divergence; the reference is the group's lowest loss at each step
-    (the group: every scheme's run at one depth, seed and ramp)."""
-    ref = reference(group)
-    for c in group:
-        c.found = detect_divergence(
-            c.steps,
-            c.losses,
-            c.lrs,
-            rules,
-            reference=[ref.get(s, math.nan) for s in c.steps],
-            total_steps=c.spec.recipe.trainer.max_steps,
-        )
-
-
-def detect(ctx: Context, curves: list[Curve]) -> None:
-    """Fill each curve's divergence, against the reference of its depth and seed."""
-    for depth in ctx.scale.max_lr_depths:
-        for seed in ctx.seeds:
-            group = [c for c in curves if c.spec.depth == depth and c.spec.seed == seed]
-            detect_group(group, ctx.scale.divergence)
 
 
 def loss_vs_lr_figure(curves: list[Curve], depths: tuple[int, ...], smooth: int):
@@ -181,7 +99,7 @@ def max_lr_figure(curves: list[Curve], depths: tuple[int, ...]):
             color=f"C{k}",
             label=f"{scheme} (ours, mean ± std)",
         )
-        theirs = [(d, row[scheme]) for d, row in paper.MAX_LR.items() if scheme in row]
+        theirs = [(d, row[scheme]) for d, row in PAPER_MAX_LR.items() if scheme in row]
         if theirs:
             ax.plot(
                 *zip(*theirs, strict=True),
@@ -200,7 +118,7 @@ def max_lr_figure(curves: list[Curve], depths: tuple[int, ...]):
     )
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xticks(
-        sorted({*depths, *paper.MAX_LR}), [str(d) for d in sorted({*depths, *paper.MAX_LR})]
+        sorted({*depths, *PAPER_MAX_LR}), [str(d) for d in sorted({*depths, *PAPER_MAX_LR})]
     )
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize="x-small", ncol=2)
@@ -213,51 +131,9 @@ def analyse(ctx: Context, outcomes: list[Outcome], report: Report, progress: Pro
     for o in outcomes:
         curves.append(read_curve(o))
         progress.report(f"read {o.spec.name}", progress.done + 1)
-    detect(ctx, curves)
-    lr_step = sc.max_lr_peak / sc.max_lr_steps
-
-    def group(scheme: str, depth: int) -> list[float]:
-        return [c.max_lr for c in curves if c.spec.scheme == scheme and c.spec.depth == depth]
-
-    for depth in sc.max_lr_depths:
-        near = min(paper.MAX_LR, key=lambda d: abs(math.log(d / depth)))
-        for base in (*BASELINES, *sc.fix_schemes):
-            said = paper.MAX_LR[near]
-            report.verdicts.append(
-                claim(
-                    f"{depth} sub-layers: Keel tolerates a higher LR than {base}",
-                    f"{near} layers: keel {said['keel']:.3g} vs {base} {said[base]:.3g}"
-                    if base in said
-                    else "not in the paper",
-                    group("keel", depth),
-                    group(base, depth),
-                    "higher",
-                    tie=lr_step,
-                    fmt=".3g",
-                    names=("keel", base),
-                )
-            )
-    rows = []
-    for scheme in sc.max_lr_schemes:
-        row = [scheme]
-        for depth in sc.max_lr_depths:
-            found = [c.found for c in curves if c.spec.scheme == scheme and c.spec.depth == depth]
-            rules = ", ".join(sorted({f.rule for f in found if f is not None})) or "none"
-            never = sum(f is None for f in found)
-            note = f" ({never} of {len(found)} never diverged)" if never else ""
-            row += [fmt_group(group(scheme, depth), ".3g") + note, rules]
-        row += [f"{paper.MAX_LR[d].get(scheme, math.nan):.3g}" for d in paper.MAX_LR]
-        rows.append(row)
-    headers = ["scheme"]
-    for depth in sc.max_lr_depths:
-        headers += [f"max LR, {depth} sub-layers (ours)", "rule that fired"]
-    headers += [f"paper, {d} layers" for d in paper.MAX_LR]
-    report.add(
-        f"LR ramp: 0 -> {sc.max_lr_peak:g} over {sc.max_lr_steps} steps (paper: "
-        f"{paper.MAX_LR_RAMP}); one LR step = {lr_step:.3g}. A max LR equal to the peak means "
-        "the run never diverged. Paper has no Mix-LN number.",
-        md_table(headers, rows),
-    )
+    detect_ramps(curves, lambda steps: sc.divergence)  # calibrated on this ramp (docs/repro.md)
+    report.verdicts.extend(_claims(ctx, curves))
+    report.add(*_table(ctx, curves))
     report.figure(
         loss_vs_lr_figure(curves, sc.max_lr_depths, sc.divergence.smooth),
         "loss-vs-lr.png",
@@ -292,7 +168,61 @@ def analyse(ctx: Context, outcomes: list[Outcome], report: Report, progress: Pro
     )
 
 
-MAX_LR = Protocol(
+def _max_lrs(curves: list[Curve], scheme: str, depth: int) -> list[float]:
+    return [c.max_lr for c in curves if c.spec.scheme == scheme and c.spec.depth == depth]
+
+
+def _claims(ctx: Context, curves: list[Curve]) -> list:
+    """Keel's max LR above each baseline's at each depth; tie one LR step of the ramp."""
+    sc = ctx.scale
+    out = []
+    for depth in sc.max_lr_depths:
+        near = min(PAPER_MAX_LR, key=lambda d: abs(math.log(d / depth)))
+        said = PAPER_MAX_LR[near]
+        for base in (*BASELINES, *sc.fix_schemes):
+            out.append(
+                claim(
+                    f"{depth} sub-layers: Keel tolerates a higher LR than {base}",
+                    f"{near} layers: keel {said['keel']:.3g} vs {base} {said[base]:.3g}"
+                    if base in said
+                    else "not in the paper",
+                    _max_lrs(curves, "keel", depth),
+                    _max_lrs(curves, base, depth),
+                    "higher",
+                    tie=sc.max_lr_peak / sc.max_lr_steps,
+                    fmt=".3g",
+                    names=("keel", base),
+                )
+            )
+    return out
+
+
+def _table(ctx: Context, curves: list[Curve]) -> tuple[str, str]:
+    sc = ctx.scale
+    rows = []
+    for scheme in sc.max_lr_schemes:
+        row = [scheme]
+        for depth in sc.max_lr_depths:
+            found = [c.found for c in curves if c.spec.scheme == scheme and c.spec.depth == depth]
+            rules = ", ".join(sorted({f.rule for f in found if f is not None})) or "none"
+            never = sum(f is None for f in found)
+            note = f" ({never} of {len(found)} never diverged)" if never else ""
+            row += [fmt_group(_max_lrs(curves, scheme, depth), ".3g") + note, rules]
+        row += [f"{PAPER_MAX_LR[d].get(scheme, math.nan):.3g}" for d in PAPER_MAX_LR]
+        rows.append(row)
+    headers = ["scheme"]
+    for depth in sc.max_lr_depths:
+        headers += [f"max LR, {depth} sub-layers (ours)", "rule that fired"]
+    headers += [f"paper, {d} layers" for d in PAPER_MAX_LR]
+    return (
+        f"LR ramp: 0 -> {sc.max_lr_peak:g} over {sc.max_lr_steps} steps (paper: "
+        f"{PAPER_MAX_LR_RAMP}); one LR step = {sc.max_lr_peak / sc.max_lr_steps:.3g}. A max LR "
+        "equal to the peak means the run never diverged. Paper has no Mix-LN number.",
+        md_table(headers, rows),
+    )
+
+
+MAX_LR_PROTOCOL = Protocol(
     name="max-lr",
     title="maximum tolerable learning rate (Table 1)",
     claim="Keel tolerates a larger peak learning rate than Pre-LN, DeepNorm and Post-LN, "

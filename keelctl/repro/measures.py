@@ -12,7 +12,6 @@ ablation  `ablate-layers` on the scale's first ablation_tokens validation tokens
 from __future__ import annotations
 
 import functools
-import math
 
 import torch
 
@@ -54,9 +53,9 @@ def stream_steps(spec: RunSpec, scale: Scale) -> list[float]:
     """Per sub-layer, mean over tokens of |x_out - x_in| / |x_in| on one batch of validation
     windows (the ablation's first batch)."""
     from keelctl.analysis.ablation import data_settings, eval_batches, eval_tokens
-    from keelctl.runs import load_model
+    from keelctl.runs import Run
 
-    model, tokenizer = load_model(spec.run_dir, torch.device("cpu"))
+    model, tokenizer = Run(spec.run_dir).load_model(torch.device("cpu"))
     d = data_settings([spec.run_dir], None)[0]
     seq_len = min(d.seq_len, model.config.max_seq_len)
     x, _ = next(iter(eval_batches(eval_tokens(d, tokenizer), seq_len, scale.ablation_tokens, 16)))
@@ -103,7 +102,3 @@ MEASURES = {"eval": evaluate, "ablation": ablation}
 def measures_for(names: tuple[str, ...], scale: Scale) -> dict[str, Measure]:
     """The named measures bound to `scale` (picklable, for --jobs worker processes)."""
     return {name: functools.partial(MEASURES[name], scale=scale) for name in names}
-
-
-def finite(value) -> float:
-    return value if isinstance(value, (int, float)) and math.isfinite(value) else math.nan

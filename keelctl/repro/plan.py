@@ -19,17 +19,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from keelctl.config import RecipeConfig, apply_overrides, dump_recipe, load_recipe, recipe_from_dict
+from keelctl.atomic import atomic_write_text
+from keelctl.config import RecipeConfig, apply_overrides, dump_recipe, recipe_from_dict
 from keelctl.errors import KeelError
 from keelctl.repro import records
 from keelctl.repro.scales import Scale
 from keelctl.runs import (
     CHECKPOINTS,
     CONFIG_YAML,
+    FINISHED,
     GRADS_CSV,
     METRICS_CSV,
+    RESUMABLE,
     SUMMARY_JSON,
-    atomic_write_text,
+    Run,
 )
 
 # on_progress(description, done, total): overall progress of a protocol, in training steps
@@ -99,11 +102,10 @@ class RunSpec:
     @property
     def finished(self) -> bool:
         """Trained to its end (or stopped by a guard); a preempted run resumes instead."""
-        path = self.run_dir / SUMMARY_JSON
-        return path.is_file() and json.loads(path.read_text()).get("status") != "preempted"
+        return Run(self.run_dir).state == FINISHED
 
     def summary(self) -> dict:
-        return json.loads((self.run_dir / SUMMARY_JSON).read_text())
+        return Run(self.run_dir).summary()
 
 
 @dataclass
@@ -172,7 +174,7 @@ def write_recipes(specs: Sequence[RunSpec], recipes_dir: Path) -> dict[Path, Pat
 
 
 def _check_same_recipe(spec: RunSpec) -> None:
-    saved = load_recipe(spec.run_dir / CONFIG_YAML)
+    saved = Run(spec.run_dir).recipe
     if recipe_hash(saved) != recipe_hash(spec.recipe):
         raise KeelError(
             f"run dir {spec.run_dir} holds a run of another recipe than planned; "
@@ -213,7 +215,7 @@ def _train(spec: RunSpec, callbacks: list, on_step: Callable[[int], None] | None
     from keelctl.train import train
 
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    resume = (spec.run_dir / CHECKPOINTS / "last.ckpt").is_file()
+    resume = Run(spec.run_dir).state == RESUMABLE  # _train runs only unfinished runs
     if resume:
         _check_same_recipe(spec)
     elif spec.run_dir.exists():

@@ -23,15 +23,21 @@ the same seed, higher = a larger cost). Differences under TIE nats/token are tie
 
 from __future__ import annotations
 
-import math
-
 from keelctl.analysis.plots import new_figure
-from keelctl.repro.analyses import FROM, grad_level
-from keelctl.repro.context import Context, Protocol
+from keelctl.repro.context import Context, Protocol, label, set_flags, train_spec
+from keelctl.repro.figures import variant_loss_figure
+from keelctl.repro.paper import PAPER_PRECISION
 from keelctl.repro.plan import Outcome, Progress, RunSpec
+from keelctl.repro.readings import (
+    FROM,
+    TIE,
+    diverged,
+    final_loss,
+    grad_level_after,
+    variant_groups,
+)
 from keelctl.repro.report import Report, md_table
-from keelctl.repro.sweeps import TIE, final_loss, label, train_spec
-from keelctl.repro.verdicts import claim, fmt_group, mean_std
+from keelctl.repro.verdicts import claim, fmt_group
 
 # variant -> (what it changes, in words; the model keys it sets)
 VARIANTS = {
@@ -39,7 +45,6 @@ VARIANTS = {
     "bf16-gains": ("LN_out gains rounded to bf16", {"norm_dtype": "bf16"}),
     "bf16-stream": ("stream and skip sum rounded to bf16", {"stream_dtype": "bf16"}),
 }
-PAPER = "not measured: the paper does not say; the public implementations run bf16"
 
 
 def depths(ctx: Context) -> tuple[int, int]:
@@ -76,21 +81,8 @@ def plan_precision(ctx: Context) -> list[RunSpec]:
     return [spec for _, spec in planned(ctx)]
 
 
-def flags(variant: str) -> str:
-    """The variant's keys as `keelctl train` options (fp32: none, depth-sweep's run)."""
-    return " ".join(f"--set model.{k}={v}" for k, v in VARIANTS[variant][1].items()) or "(none)"
-
-
 def cell_of(spec: RunSpec) -> tuple[str, int]:
     return spec.scheme, spec.depth
-
-
-def _grad_level_after(o: Outcome) -> float:
-    from keelctl.analysis.gradflow import read_grads
-
-    if o.summary.get("status") == "diverged":
-        return math.nan
-    return grad_level(read_grads(o.record).select(["last"])[0])
 
 
 def _rise(group: dict[str, list[Outcome]]) -> list[float]:
@@ -103,35 +95,25 @@ Groups = dict[tuple[str, int], dict[str, list[Outcome]]]  # (scheme, depth) -> v
 
 
 def grouped(ctx: Context, outcomes: list[Outcome]) -> Groups:
-    """The finished runs by (scheme, depth) and variant, the planned variants only."""
-    plan = planned(ctx)
-    variant_of = {spec.run_dir: variant for variant, spec in plan}
-    cells = sorted({cell_of(s) for _, s in plan}, key=lambda c: (c[1], c[0]))
-    return {
-        cell: {
-            v: [o for o in outcomes if cell_of(o.spec) == cell and variant_of[o.spec.run_dir] == v]
-            for v in VARIANTS
-            if any(cell_of(s) == cell and pv == v for pv, s in plan)
-        }
-        for cell in cells
-    }
+    """The recorded runs by (scheme, depth) and variant, the planned variants only."""
+    return variant_groups(planned(ctx), outcomes, cell_of)
 
 
 def _table(groups: Groups) -> str:
     rows = []
     for (scheme, depth), group in groups.items():
         for variant, runs in group.items():
-            diverged = sum(o.summary.get("status") == "diverged" for o in runs)
+            n_diverged = sum(diverged(o) for o in runs)
             rows.append(
                 (
                     scheme,
                     depth,
                     variant,
-                    flags(variant),
+                    set_flags(VARIANTS[variant][1]),
                     len(runs),
                     fmt_group([final_loss(o) for o in runs]),
-                    fmt_group([_grad_level_after(o) for o in runs], ".3g"),
-                    f"{diverged}/{len(runs)}" if runs else "n/a",
+                    fmt_group([grad_level_after(o) for o in runs], ".3g"),
+                    f"{n_diverged}/{len(runs)}" if runs else "n/a",
                 )
             )
     headers = ("scheme", "sub-layers", "variant", "recipe keys", "n", "val loss", "grad level")
@@ -151,14 +133,20 @@ def _claims(ctx: Context, groups: Groups) -> list:
                 f"loss than Keel with {VARIANTS[variant][0]}"
             )
             other = [final_loss(o) for o in group[variant]]
-            out.append(claim(text, PAPER, fp32, other, "lower", TIE, names=("fp32", variant)))
+            out.append(
+                claim(text, PAPER_PRECISION, fp32, other, "lower", TIE, names=("fp32", variant))
+            )
     main, _ = depths(ctx)
     text = (
         f"{main} sub-layers: a bf16 stream raises Keel's validation loss more than Pre-LN's "
         "(the rise: bf16-stream minus fp32, same seed)"
     )
     keel, pre_ln = _rise(groups["keel", main]), _rise(groups["pre_ln", main])
-    out.append(claim(text, PAPER, keel, pre_ln, "higher", TIE, names=("keel rise", "pre_ln rise")))
+    out.append(
+        claim(
+            text, PAPER_PRECISION, keel, pre_ln, "higher", TIE, names=("keel rise", "pre_ln rise")
+        )
+    )
     return out
 
 
@@ -182,7 +170,12 @@ def analyse_precision(
         for cell, g in groups.items()
     }
     report.figure(
-        loss_figure(losses),
+        variant_loss_figure(
+            {f"{scheme}, {depth} sub-layers": v for (scheme, depth), v in losses.items()},
+            size=(3.6, 3.8),
+            rotation=30,
+            sharey=False,
+        ),
         "precision-val-loss.png",
         "Final validation loss per variant, one panel per scheme and depth (mean ± std over seeds)",
     )
@@ -191,28 +184,6 @@ def analyse_precision(
         "precision-stream-grads.png",
         "Residual-stream gradient norm per sub-layer after training (first seed), per variant",
     )
-
-
-def loss_figure(losses: dict[tuple[str, int], dict[str, list[float]]]):
-    """One panel per (scheme, depth): each variant's final validation loss, mean ± std over its
-    finite values (a variant with none gets no point)."""
-    fig = new_figure(max(4.5, 3.6 * len(losses)), 3.8)
-    axes = fig.subplots(1, max(1, len(losses)), squeeze=False)[0]
-    for ax, ((scheme, depth), by_variant) in zip(axes, losses.items(), strict=False):
-        for k, values in enumerate(by_variant.values()):
-            finite = [v for v in values if math.isfinite(v)]
-            if finite:
-                m, s = mean_std(finite)
-                ax.errorbar([k], [m], yerr=[s], marker="o", capsize=3, color=f"C{k}")
-        ax.set_xticks(
-            range(len(by_variant)),
-            [f"{n} (n={len(v)})" for n, v in by_variant.items()],
-            rotation=30,
-            ha="right",
-        )
-        ax.set(title=f"{scheme}, {depth} sub-layers", ylabel="final validation loss (nats/token)")
-        ax.grid(alpha=0.3)
-    return fig
 
 
 def grads_figure(groups: Groups):
@@ -224,7 +195,7 @@ def grads_figure(groups: Groups):
     axes = fig.subplots(1, max(1, len(groups)), squeeze=False)[0]
     for ax, ((scheme, depth), by_variant) in zip(axes, groups.items(), strict=False):
         for k, (name, runs) in enumerate(by_variant.items()):
-            if runs and runs[0].summary.get("status") != "diverged":
+            if runs and not diverged(runs[0]):
                 curve = read_grads(runs[0].record).select(["last"])[0]
                 ax.plot(curve.stream_grad_norm, label=name, color=f"C{k}")
         ax.set(
@@ -239,7 +210,7 @@ def grads_figure(groups: Groups):
     return fig
 
 
-PRECISION = Protocol(
+PRECISION_PROTOCOL = Protocol(
     name="precision",
     title="What bf16 numerics cost Keel at depth (a bf16 stream, bf16 norm gains)",
     claim="keelctl keeps Keel's residual stream, skip sum and norm gains fp32; the public "

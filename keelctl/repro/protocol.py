@@ -3,9 +3,11 @@
     from keelctl.repro import run_protocol
     report_md = run_protocol("depth-sweep", scale="cpu", seeds=1, out="repro/depth-sweep")
 
-Each protocol module (max_lr, sweeps, analyses) defines Protocol records (context.py): a `plan`
-(the runs it needs, from the scale) and an `analyse` (tables, figures and verdicts into the
-Report, through the analysis commands' own functions); PROTOCOLS below lists them.
+Each protocol module (max_lr, sweeps, analyses, ...) defines Protocol records (context.py): a
+`plan` (the runs it needs, from the scale) and an `analyse` (tables, figures and verdicts into
+the Report, through the analysis commands' own functions); PROTOCOLS below lists them. A
+protocol module imports only the shared ones (context, readings, figures, paper, plan, report,
+verdicts), never another protocol.
 """
 
 from __future__ import annotations
@@ -51,16 +53,16 @@ from keelctl.runs import config_hash
 PROTOCOLS: dict[str, Protocol] = {
     p.name: p
     for p in (
-        max_lr.MAX_LR,
-        sweeps.LR_SWEEP,
-        sweeps.DEPTH_SWEEP,
-        analyses.GRAD_FLOW,
-        redundancy.REDUNDANCY,
-        scale_map.SCALE_MAP,
-        design.DESIGN,
-        precision.PRECISION,
+        max_lr.MAX_LR_PROTOCOL,
+        sweeps.LR_SWEEP_PROTOCOL,
+        sweeps.DEPTH_SWEEP_PROTOCOL,
+        analyses.GRAD_FLOW_PROTOCOL,
+        redundancy.REDUNDANCY_PROTOCOL,
+        scale_map.SCALE_MAP_PROTOCOL,
+        design.DESIGN_PROTOCOL,
+        precision.PRECISION_PROTOCOL,
         hops.HOPS_PROTOCOL,
-        tuned.TUNED,
+        tuned.TUNED_PROTOCOL,
     )
 }
 

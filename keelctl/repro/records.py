@@ -23,24 +23,24 @@ copied (kilobytes), and only a measurement no record holds needs the run dir, or
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
 import subprocess
 from pathlib import Path
 
+from keelctl.atomic import atomic_path
 from keelctl.runs import (
     CONFIG_YAML,
+    FINISHED,
     GRADS_CSV,
     METRICS_CSV,
+    PROVENANCE_JSON,
     SUMMARY_JSON,
-    atomic_path,
-    atomic_write_json,
+    Run,
 )
 
 RECORDS = "records"
-PROVENANCE_JSON = "provenance.json"
 # summary.json last: a record with a summary is complete
 TRAINING_FILES = (CONFIG_YAML, METRICS_CSV, GRADS_CSV, PROVENANCE_JSON, SUMMARY_JSON)
 
@@ -51,12 +51,8 @@ def record_dir(out: Path, name: str) -> Path:
 
 def has(record: Path, measures: tuple[str, ...] = ()) -> bool:
     """The record holds a finished run's training files and every measure in `measures`."""
-    path = record / SUMMARY_JSON
-    return (
-        path.is_file()
-        and json.loads(path.read_text()).get("status") != "preempted"
-        and all((record / f"{m}.json").is_file() for m in measures)
-    )
+    run = Run(record)
+    return run.state == FINISHED and all(run.has_measure(m) for m in measures)
 
 
 def _copy(src: Path, dst: Path) -> None:
@@ -114,7 +110,7 @@ def provenance() -> dict:
 
 def save_provenance(run_dir: Path) -> None:
     """Written into the run dir right after training, so the record copies it with the rest."""
-    atomic_write_json(Path(run_dir) / PROVENANCE_JSON, provenance())
+    Run(run_dir).save_provenance(provenance())
 
 
 def _candidates(out: Path, name: str) -> list[Path]:
@@ -132,7 +128,7 @@ def missing(out: Path, name: str, measures: tuple[str, ...]) -> tuple[bool, list
     """(whether no record here or in a sibling holds the run's training files, the measures
     none of them holds): what completing the record still costs. Writes nothing."""
     found = [c for c in _candidates(out, name) if has(c)]
-    return not found, [m for m in measures if not any((c / f"{m}.json").is_file() for c in found)]
+    return not found, [m for m in measures if not any(Run(c).has_measure(m) for c in found)]
 
 
 def adopt(out: Path, name: str, measures: tuple[str, ...]) -> Path | None:
@@ -144,18 +140,18 @@ def adopt(out: Path, name: str, measures: tuple[str, ...]) -> Path | None:
         if not has(own):
             save_training(sibling, own)
         for m in measures:
-            if not (own / f"{m}.json").is_file() and (sibling / f"{m}.json").is_file():
+            if not Run(own).has_measure(m) and Run(sibling).has_measure(m):
                 _copy(sibling / f"{m}.json", own / f"{m}.json")
     return own if has(own, measures) else None
 
 
 def save_measure(record: Path, measure: str, data: dict) -> None:
-    atomic_write_json(record / f"{measure}.json", data)
+    Run(record).save_measure(measure, data)
 
 
 def load_measure(record: Path, measure: str) -> dict:
-    return json.loads((record / f"{measure}.json").read_text())
+    return Run(record).measure(measure)
 
 
 def summary(record: Path) -> dict:
-    return json.loads((record / SUMMARY_JSON).read_text())
+    return Run(record).summary()

@@ -34,12 +34,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from keelctl.analysis.plots import new_figure
-from keelctl.repro import paper
-from keelctl.repro.context import Context, Protocol
+from keelctl.repro.context import SCHEMES, Context, Protocol, depth_sweep_specs
+from keelctl.repro.paper import PAPER_REDUNDANCY
 from keelctl.repro.plan import Outcome, Progress
+from keelctl.repro.readings import trained
 from keelctl.repro.records import load_measure
 from keelctl.repro.report import Report, md_table
-from keelctl.repro.sweeps import SCHEMES, depth_sweep_specs
 from keelctl.repro.verdicts import (
     NO_DATA,
     NOT_AT_SCALE,
@@ -181,15 +181,14 @@ def analyse_redundancy(
     ctx: Context, outcomes: list[Outcome], report: Report, progress: Progress
 ) -> None:
     sc = ctx.scale
-    trained = [o for o in outcomes if o.summary.get("status") != "diverged"]
-    runs = {o.spec.name: RunRemovals(o) for o in trained}
+    runs = {o.spec.name: RunRemovals(o) for o in trained(outcomes)}
     single = len(ctx.seeds) == 1
     places = {k: first_place(r.single) for k, r in runs.items()}
     report.verdicts.append(
         _every_run(
             "The first block is the most critical: share of later sub-layers whose removal costs "
             "more (0 in every run)",
-            paper.REDUNDANCY["first"],
+            PAPER_REDUNDANCY["first"],
             places,
             lambda x: x == 0,
             lambda x: x > 0.5,
@@ -198,10 +197,6 @@ def analyse_redundancy(
     )
     for depth in sc.depths:
         group = [r for r in runs.values() if r.outcome.spec.depth == depth]
-
-        def of(scheme: str, value, group=group) -> list[float]:
-            return [value(r) for r in group if r.outcome.spec.scheme == scheme]
-
         for text, value in (
             ("median rel ΔPPL", lambda r: shallow(r.single)),
             ("median rel ΔPPL per unit of relative step, from sub-layer 2", shallow_per_step),
@@ -210,9 +205,9 @@ def analyse_redundancy(
                 claim(
                     f"{depth} sub-layers: Keel's shallow sub-layers (1..L/2-1) are less redundant "
                     f"({text})",
-                    paper.REDUNDANCY["shallow"],
-                    of("keel", value),
-                    of("pre_ln", value),
+                    PAPER_REDUNDANCY["shallow"],
+                    [value(r) for r in _of(runs, depth, "keel")],
+                    [value(r) for r in _of(runs, depth, "pre_ln")],
                     "higher",
                     tie=SHALLOW_TIE,
                     fmt=".3g",
@@ -229,7 +224,7 @@ def analyse_redundancy(
     report.verdicts.append(
         _every_run(
             f"After the first block, ΔPPL grows with depth (Spearman rho >= {RHO} in every run)",
-            paper.REDUNDANCY["trend"],
+            PAPER_REDUNDANCY["trend"],
             rhos,
             lambda x: x >= RHO,
             lambda x: x <= -RHO,
@@ -266,14 +261,22 @@ def step_accounting(depth: int, keel: list[RunRemovals], pre: list[RunRemovals])
     )
 
 
+def _of(runs: dict[str, RunRemovals], depth: int, scheme: str) -> list[RunRemovals]:
+    return [
+        r for r in runs.values() if (r.outcome.spec.depth, r.outcome.spec.scheme) == (depth, scheme)
+    ]
+
+
 def _tables(ctx: Context, runs: dict[str, RunRemovals], report: Report) -> None:
     for depth in ctx.scale.depths:
-        keel, pre = (
-            [r for r in runs.values() if (r.outcome.spec.depth, r.outcome.spec.scheme) == key]
-            for key in ((depth, "keel"), (depth, "pre_ln"))
-        )
+        keel, pre = _of(runs, depth, "keel"), _of(runs, depth, "pre_ln")
         if keel and pre:
             report.add(step_accounting(depth, keel, pre))
+    report.add(*_run_table(runs))
+    report.add(*_depth_table(ctx, runs))
+
+
+def _run_table(runs: dict[str, RunRemovals]) -> tuple[str, str]:
     rows = []
     for k, r in runs.items():
         slope, r2 = step_fit(r.single, r.step)
@@ -290,7 +293,7 @@ def _tables(ctx: Context, runs: dict[str, RunRemovals], report: Report) -> None:
                 f"{r2:.2f}",
             )
         )
-    report.add(
+    return (
         "Per run. Shallow = sub-layers 1..L/2-1 (blocks 1..L/4-1 for block removal; 2..L/2-1 "
         "for the step and per-step columns); step = "
         "relative change of the residual stream across the sub-layer; slope and R² = fit of "
@@ -311,17 +314,15 @@ def _tables(ctx: Context, runs: dict[str, RunRemovals], report: Report) -> None:
             rows,
         ),
     )
+
+
+def _depth_table(ctx: Context, runs: dict[str, RunRemovals]) -> tuple[str, str]:
     summary = []
     for depth in ctx.scale.depths:
         for scheme in SCHEMES:
-            group = [
-                r
-                for r in runs.values()
-                if r.outcome.spec.depth == depth and r.outcome.spec.scheme == scheme
-            ]
+            group = _of(runs, depth, scheme)
             if not group:
                 continue
-            fits = [step_fit(r.single, r.step) for r in group]
             ranges = sorted(
                 {k for r in group for k in r.ranges}, key=lambda k: int(k.split("-")[0])
             )
@@ -332,14 +333,14 @@ def _tables(ctx: Context, runs: dict[str, RunRemovals], report: Report) -> None:
                     fmt_group([shallow(r.step, start=2) for r in group], ".3g"),
                     fmt_group([shallow(r.single) for r in group], ".3g"),
                     fmt_group([shallow_per_step(r) for r in group], ".3g"),
-                    fmt_group([f[1] for f in fits], ".2f"),
+                    fmt_group([step_fit(r.single, r.step)[1] for r in group], ".2f"),
                     "; ".join(
                         f"{k}: {fmt_group([r.ranges[k] for r in group if k in r.ranges], '.3g')}"
                         for k in ranges
                     ),
                 )
             )
-    report.add(
+    return (
         "Per depth and scheme (mean ± std over seeds): how far a shallow sub-layer moves the "
         "stream, what removing it costs, the cost per unit step, how much of the variance of "
         "log ΔPPL the step explains (R²), and rel ΔPPL of each range of L/4 sub-layers removed.",
@@ -358,10 +359,10 @@ def _tables(ctx: Context, runs: dict[str, RunRemovals], report: Report) -> None:
     )
 
 
-REDUNDANCY = Protocol(
+REDUNDANCY_PROTOCOL = Protocol(
     name="redundancy",
     title="layer redundancy (appendix A, Figure 6)",
-    claim="; ".join(paper.REDUNDANCY.values()) + " (appendix A).",
+    claim="; ".join(PAPER_REDUNDANCY.values()) + " (appendix A).",
     plan=depth_sweep_specs,
     analyse=analyse_redundancy,
     measures=("ablation",),

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from keelctl.atomic import atomic_path, atomic_write_text
 from keelctl.repro.verdicts import NO_DATA, NOT_AT_SCALE, OPPOSITE, REPRODUCED, Verdict
-from keelctl.runs import atomic_path, atomic_write_text
 
 REPORT_MD = "report.md"
 

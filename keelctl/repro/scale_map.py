@@ -37,13 +37,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from keelctl.errors import KeelError
-from keelctl.repro import paper
-from keelctl.repro.analyses import GRAD_TIE, grad_level
 from keelctl.repro.callbacks import StopWhenDiverged
-from keelctl.repro.context import Context, Protocol
+from keelctl.repro.context import Context, Protocol, ramp_spec, sweep_spec
 from keelctl.repro.divergence import DivergenceRules
-from keelctl.repro.max_lr import Curve, detect_group, ramp_spec, read_curve
+from keelctl.repro.paper import PAPER_GRAD_FLOW, PAPER_MAX_LR
 from keelctl.repro.plan import Outcome, Progress, RunSpec
+from keelctl.repro.readings import (
+    GRAD_TIE,
+    TIE,
+    detect_ramps,
+    final_loss,
+    grad_level_after,
+    read_curve,
+)
 from keelctl.repro.report import Report, md_table
 from keelctl.repro.scale_map_grid import (
     Cell,
@@ -54,7 +60,6 @@ from keelctl.repro.scale_map_grid import (
     trains_verdict,
 )
 from keelctl.repro.scales import Scale
-from keelctl.repro.sweeps import TIE, final_loss, sweep_label, train_spec
 from keelctl.repro.verdicts import (
     NO_DATA,
     Verdict,
@@ -99,32 +104,18 @@ def trains_cells(sc: Scale) -> list[Cell]:
     return order(c for c in extra if c not in map_cells(sc))
 
 
-def sweep_spec(ctx: Context, scheme: str, depth: int, steps: int, seed: int) -> RunSpec:
-    """A run at depth-sweep's LR and schedule shape over `steps`; at depth-sweep's own steps it
-    is depth-sweep's (and grad-flow's) run: same label and recipe, so the same run dir."""
-    lr = ctx.scale.lr
-    name = sweep_label(scheme, depth, lr, seed, steps, ctx.scale.steps)
-    return train_spec(ctx, scheme, depth, seed, lr, steps, name)
-
-
-def map_ramp_spec(ctx: Context, scheme: str, depth: int, steps: int, seed: int) -> RunSpec:
-    """max-lr's ramp over `steps`; at max-lr's own ramp length it is max-lr's run."""
-    name = f"maxlr-{scheme}-L{depth}-s{seed}"
-    if steps != ctx.scale.max_lr_steps:
-        name = f"maxlr-{scheme}-L{depth}-steps{steps}-s{seed}"
-    return ramp_spec(ctx, scheme, depth, seed, steps, name)
-
-
 def plan(ctx: Context) -> list[RunSpec]:
-    """Cheapest cells first, seed before scheme: a sweep cut short leaves whole small cells."""
-    specs = []
+    """Cheapest cells first, seed before scheme: a sweep cut short leaves whole small cells.
+    Every run at depth-sweep's LR is depth-sweep's at its steps, and every ramp max-lr's at its
+    ramp length (same run dirs)."""
+    specs, lr = [], ctx.scale.lr
     for depth, steps in map_cells(ctx.scale):
         for seed in ctx.seeds:
-            specs += [sweep_spec(ctx, k, depth, steps, seed) for k in SWEEP_SCHEMES]
-            specs += [map_ramp_spec(ctx, k, depth, steps, seed) for k in RAMP_SCHEMES]
+            specs += [sweep_spec(ctx, k, depth, steps, seed, lr) for k in SWEEP_SCHEMES]
+            specs += [ramp_spec(ctx, k, depth, seed, steps) for k in RAMP_SCHEMES]
     for depth, steps in trains_cells(ctx.scale):
         for seed in ctx.seeds:
-            specs += [sweep_spec(ctx, k, depth, steps, seed) for k in TRAINS_SCHEMES]
+            specs += [sweep_spec(ctx, k, depth, steps, seed, lr) for k in TRAINS_SCHEMES]
     return specs
 
 
@@ -167,7 +158,7 @@ CLAIMS = (
         "Keel tolerates a higher LR than Pre-LN",
         "Table 1: keel "
         + ", ".join(
-            f"{v['keel']:.3g} vs pre_ln {v['pre_ln']:.3g} at {d}" for d, v in paper.MAX_LR.items()
+            f"{v['keel']:.3g} vs pre_ln {v['pre_ln']:.3g} at {d}" for d, v in PAPER_MAX_LR.items()
         )
         + " layers",
         "pre_ln",
@@ -176,7 +167,7 @@ CLAIMS = (
     MapClaim(
         "grad-level",
         "Keel's stream gradient holds level better than Post-LN's after training",
-        paper.GRAD_FLOW,
+        PAPER_GRAD_FLOW,
         "post_ln",
         "|log10 stream-gradient ratio|, sub-layer 2 / top, last grads.csv step (0 = level)",
     ),
@@ -278,18 +269,12 @@ def _trains_cells(cells, mc: MapClaim, outcomes, level: float) -> dict:
 def max_lrs(ramps: list[Outcome]) -> dict:
     """Each ramp run's max LR (run dir -> LR), its divergence detected against the other
     scheme's ramp at the same depth, seed and ramp length (max-lr's code path)."""
-    curves: list[Curve] = [read_curve(o) for o in ramps]
-    for key in {(c.spec.depth, c.spec.seed, c.spec.recipe.trainer.max_steps) for c in curves}:
-        group = [
-            c for c in curves if (c.spec.depth, c.spec.seed, c.spec.recipe.trainer.max_steps) == key
-        ]
-        detect_group(group, DivergenceRules.for_ramp(key[2]))
+    curves = [read_curve(o) for o in ramps]
+    detect_ramps(curves, DivergenceRules.for_ramp)
     return {c.spec.run_dir: c.max_lr for c in curves}
 
 
 def analyse(ctx: Context, outcomes: list[Outcome], report: Report, progress: Progress) -> None:
-    from keelctl.analysis.gradflow import read_grads
-
     sc = ctx.scale
     cells = map_cells(sc)
     # the trains cells' Keel and Post-LN runs record gradients too: the 1024-deep check
@@ -299,11 +284,6 @@ def analyse(ctx: Context, outcomes: list[Outcome], report: Report, progress: Pro
     lrs = max_lrs(ramps)
     progress.report("scale-map: max LRs", progress.done + len(ramps))
     level, source = unigram_level(ctx, outcomes)
-
-    def last_level(o: Outcome) -> float:  # a diverged run's is not finite, not missing
-        if o.summary.get("status") == "diverged":
-            return math.nan
-        return grad_level(read_grads(o.record).select(["last"])[0])
 
     beats, higher, grads, trains = CLAIMS
     results = {
@@ -318,7 +298,7 @@ def analyse(ctx: Context, outcomes: list[Outcome], report: Report, progress: Pro
             ".3g",
         ),
         grads: _interval_cells(
-            post_ln_cells, grads, runs, last_level, "lower", lambda c: GRAD_TIE, ".3g"
+            post_ln_cells, grads, runs, grad_level_after, "lower", lambda c: GRAD_TIE, ".3g"
         ),
         trains: _trains_cells(post_ln_cells, trains, runs, level),
     }
@@ -377,7 +357,7 @@ def _setup_text(ctx: Context, level: float, source: str) -> str:
     )
 
 
-SCALE_MAP = Protocol(
+SCALE_MAP_PROTOCOL = Protocol(
     name="scale-map",
     title="where each claim holds, over depth x training steps",
     claim="Keel beats Pre-LN, tolerates a higher LR than Pre-LN, keeps its gradient level where "

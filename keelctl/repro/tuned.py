@@ -26,13 +26,13 @@ from dataclasses import dataclass
 from keelctl.analysis.plots import new_figure
 from keelctl.errors import KeelError
 from keelctl.repro import records
-from keelctl.repro.context import Context, Protocol
+from keelctl.repro.context import Context, Protocol, sweep_spec
+from keelctl.repro.figures import mean_curves_figure
 from keelctl.repro.plan import Outcome, Progress, RunSpec
+from keelctl.repro.readings import TIE, by, final_loss
 from keelctl.repro.report import Report, md_table
-from keelctl.repro.sweeps import TIE, final_loss, mean_curves_figure, sweep_label, train_spec
 from keelctl.repro.verdicts import claim, fmt_group
-from keelctl.runs import METRICS_CSV
-from keelctl.train.curves import read_metric
+from keelctl.runs import Run
 
 SCHEMES = ("keel", "pre_ln", "peri_ln", "lns", "post_ln")
 BASELINES = SCHEMES[1:]
@@ -77,9 +77,7 @@ def steps(ctx: Context) -> int:
 
 
 def spec(ctx: Context, scheme: str, depth: int, lr: float, seed: int) -> RunSpec:
-    n = steps(ctx)
-    name = sweep_label(scheme, depth, lr, seed, n, ctx.scale.steps)
-    return train_spec(ctx, scheme, depth, seed, lr, n, name)
+    return sweep_spec(ctx, scheme, depth, steps(ctx), seed, lr)
 
 
 def recorded_loss(ctx: Context, s: RunSpec) -> float | None:
@@ -149,17 +147,12 @@ def pending(ctx: Context) -> list[RunSpec]:
 # ---- analysis -------------------------------------------------------------------------------
 
 
-def _loss(outcomes, scheme, depth, lr, seeds=None) -> list[float]:
-    return [
-        final_loss(o)
-        for o in outcomes
-        if (o.spec.scheme, o.spec.depth, o.spec.lr) == (scheme, depth, lr)
-        and (seeds is None or o.spec.seed in seeds)
-    ]
+def _loss(outcomes, scheme, depth, lr, **seed) -> list[float]:
+    return by(outcomes, final_loss, scheme=scheme, depth=depth, lr=lr, **seed)
 
 
 def _seed0(ctx, outcomes, scheme, depth, lr) -> float:
-    got = _loss(outcomes, scheme, depth, lr, {ctx.scale.seed})
+    got = _loss(outcomes, scheme, depth, lr, seed=ctx.scale.seed)
     return got[0] if got else math.nan
 
 
@@ -265,7 +258,7 @@ def lead_table(outcomes: list[Outcome], best: dict, g: TunedGrid) -> str:
             ]
             per_step: dict[int, list[float]] = {}
             for o in runs:
-                for step, v in zip(*read_metric(o.record / METRICS_CSV, "val_loss"), strict=True):
+                for step, v in zip(*Run(o.record).metric("val_loss"), strict=True):
                     per_step.setdefault(step, []).append(v)
             curves[k] = {s: sum(v) / len(v) for s, v in per_step.items() if len(v) == len(runs)}
         for step in sorted(curves["keel"]):
@@ -305,7 +298,7 @@ def loss_vs_lr_figure(ctx: Context, outcomes: list[Outcome]):
     return fig
 
 
-TUNED = Protocol(
+TUNED_PROTOCOL = Protocol(
     name="tuned",
     title="Keel vs today's depth fixes, each at its own best LR, trained 4x longer",
     claim="Not a paper claim: does Keel beat Pre-LN, Peri-LN and LayerNorm Scaling when each "

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from keelctl.errors import KeelError
+from keelctl.runs import CONFIG_YAML, MODEL_JSON
 from keelctl.sources.base import ModelSource, SourceModel
 from keelctl.sources.keel import KeelSource
 
@@ -32,7 +33,7 @@ def is_transformers(spec: str | Path) -> bool:
     path = Path(str(spec))
     if str(spec).startswith(HF_PREFIX):
         return True
-    run_files = ("model.json", "config.yaml")
+    run_files = (MODEL_JSON, CONFIG_YAML)
     return (path / "config.json").is_file() and not any((path / f).exists() for f in run_files)
 
 
@@ -53,14 +54,14 @@ def open_source(spec: str | Path, *, dtype: str = "float32", device_map: str | N
             f"{text} does not exist; pass a run dir, a transformers model folder or "
             "hf:NAME[@REVISION]"
         )
-    if (path / "model.json").is_file():
+    if (path / MODEL_JSON).is_file():
         return KeelSource(path)
     if is_transformers(path):
         from keelctl.sources.hf import HFSource
 
         return HFSource(text, str(path), None, dtype=dtype, device_map=device_map)
     raise KeelError(
-        f"{path / 'model.json'} is missing and so is config.json: {text} is neither a finished "
+        f"{path / MODEL_JSON} is missing and so is config.json: {text} is neither a finished "
         "`keelctl train` run nor a transformers model; pass a run dir, a transformers folder "
         "or hf:NAME[@REVISION]"
     )

@@ -8,23 +8,22 @@ from pathlib import Path
 import torch
 
 from keelctl.errors import KeelError
-from keelctl.runs import CONFIG_YAML, load_model, read_model_json, read_model_meta
+from keelctl.runs import CONFIG_YAML, Run
 
 
-def trained_context(run_dir: str | Path) -> int:
+def trained_context(run: str | Path | Run) -> int:
     """The context a run is scored and sampled at: data.seq_len from RUN/config.yaml, since
     positions beyond it were never trained, whatever model.max_seq_len allows. A run without
     config.yaml falls back to model.max_seq_len."""
-    from keelctl.config import load_recipe
-
-    cfg, _ = read_model_meta(run_dir)
-    recipe_path = Path(run_dir) / CONFIG_YAML
-    if not recipe_path.is_file():
+    run = run if isinstance(run, Run) else Run(run)
+    cfg, _ = run.model_meta
+    data = run.data_config()
+    if data is None:
         return cfg.max_seq_len
-    seq_len = load_recipe(recipe_path).data.seq_len
+    seq_len = data.seq_len
     if seq_len > cfg.max_seq_len:
         raise KeelError(
-            f"{recipe_path}: data.seq_len {seq_len} exceeds the model's max_seq_len "
+            f"{run.path / CONFIG_YAML}: data.seq_len {seq_len} exceeds the model's max_seq_len "
             f"{cfg.max_seq_len}; restore the run's config.yaml"
         )
     return seq_len
@@ -35,29 +34,27 @@ class KeelSource:
     layer_unit = "sublayer"
 
     def __init__(self, run_dir: str | Path):
-        self.run_dir = Path(run_dir)
+        self.run = Run(run_dir)
+        self.run_dir = self.run.path
         self.spec = str(run_dir)
-        self.config, self.tokenizer = read_model_meta(self.run_dir)
+        self.config, self.tokenizer = self.run.model_meta
         self.family = self.config.residual
         self.n_sublayers = self.config.n_sublayers
-        self.context = trained_context(self.run_dir)
+        self.context = trained_context(self.run)
 
     def data_config(self):
-        from keelctl.config import load_recipe
-
-        recipe = self.run_dir / CONFIG_YAML
-        return load_recipe(recipe).data if recipe.is_file() else None
+        return self.run.data_config()
 
     def check_unit(self, unit: str) -> None:
         """Every keelctl sub-layer can be removed: nothing to refuse."""
 
     def load(self, device: torch.device) -> KeelModel:
-        return KeelModel(load_model(self.run_dir, device)[0])
+        return KeelModel(self.run.load_model(device)[0])
 
     def info(self) -> dict:
         return {
             "model_path": str(self.run_dir.resolve()),
-            "config_hash": read_model_json(self.run_dir).get("config_hash"),
+            "config_hash": self.run.model_json.get("config_hash"),
         }
 
 

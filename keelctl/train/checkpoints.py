@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 from pathlib import Path
 
@@ -25,20 +24,15 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from keelctl.atomic import atomic_path
 from keelctl.config import TrainerConfig
 from keelctl.errors import KeelError
-from keelctl.runs import atomic_path
+from keelctl.runs import LAST_CKPT, Run, step_checkpoint_name
 from keelctl.train.preemption import RunPreempted, StopSignals
 
 log = logging.getLogger(__name__)
 
-LAST_CKPT = "last.ckpt"
 BEST_CKPT = "best.ckpt"
-_STEP_CKPT = re.compile(r"^step-(\d+)\.ckpt$")
-
-
-def step_checkpoint_name(step: int) -> str:
-    return f"step-{step:07d}.ckpt"
 
 
 def keep_step_copy(ckpt_dir: Path, step: int, keep: int) -> None:
@@ -55,10 +49,8 @@ def keep_step_copy(ckpt_dir: Path, step: int, keep: int) -> None:
             import shutil
 
             shutil.copyfile(last, tmp)
-    steps = sorted(
-        (int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := _STEP_CKPT.match(p.name))
-    )
-    for _, old in steps[:-keep]:
+    kept = list(Run(ckpt_dir.parent).step_checkpoints().values())
+    for old in kept[:-keep]:
         old.unlink(missing_ok=True)
 
 

@@ -3,51 +3,26 @@ caller saves the figure."""
 
 from __future__ import annotations
 
-import csv
-import json
 from collections.abc import Mapping
-from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from keelctl.errors import KeelError
-from keelctl.runs import SUMMARY_JSON
+from keelctl.runs import Run
 
 # Columns the in-training evaluation writes beside its scores (keelctl/train/evaluation.py).
 EVAL_BOOKKEEPING = ("eval/seconds", "eval/failed")
 
 
-def _existing(metrics_csv: str | Path) -> Path:
-    path = Path(metrics_csv)
-    if not path.is_file():
-        raise KeelError(f"{path} is missing; pass a run dir made by `keelctl train`")
-    return path
+def eval_metrics(run: Run) -> list[str]:
+    """The eval/TASK/METRIC columns of a run's metrics.csv (trainer.eval_tasks), in file order."""
+    return [n for n in run.metric_columns() if n.startswith("eval/") and n not in EVAL_BOOKKEEPING]
 
 
-def read_metric(metrics_csv: str | Path, name: str) -> tuple[list[int], list[float]]:
-    """(steps, values) of one column of a Lightning metrics.csv, rows where it is set."""
-    path = _existing(metrics_csv)
-    steps, values = [], []
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            if row.get(name, "") != "":
-                steps.append(int(row["step"]))
-                values.append(float(row[name]))
-    return steps, values
-
-
-def eval_metrics(metrics_csv: str | Path) -> list[str]:
-    """The eval/TASK/METRIC columns of a metrics.csv (trainer.eval_tasks), in file order."""
-    with open(_existing(metrics_csv), newline="") as f:
-        header = next(csv.reader(f), [])
-    return [n for n in header if n.startswith("eval/") and n not in EVAL_BOOKKEEPING]
-
-
-def last_eval_scores(metrics_csv: str | Path) -> dict[str, float]:
-    """{eval/TASK/METRIC: its value at the last step that has one} of a metrics.csv."""
+def last_eval_scores(run: Run) -> dict[str, float]:
+    """{eval/TASK/METRIC: its value at the last step that has one} of a run's metrics.csv."""
     scores = {}
-    for name in eval_metrics(metrics_csv):
-        if values := read_metric(metrics_csv, name)[1]:
+    for name in eval_metrics(run):
+        if values := run.metric(name)[1]:
             scores[name] = values[-1]
     return scores
 
@@ -55,19 +30,6 @@ def last_eval_scores(metrics_csv: str | Path) -> dict[str, float]:
 def eval_label(name: str) -> str:
     """eval/keel_nextline/acc -> "keel_nextline acc"."""
     return " ".join(name.removeprefix("eval/").rsplit("/", 1))
-
-
-def read_summary(run_dir: str | Path) -> dict:
-    path = Path(run_dir) / SUMMARY_JSON
-    if not path.is_file():
-        raise KeelError(f"{path} is missing; is {run_dir} a `keelctl train` run that ended?")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise KeelError(
-            f"{path} is not valid JSON ({e}); `keelctl train` writes it whole, so it was changed "
-            "afterwards: restore it, or leave this run out"
-        ) from None
 
 
 def _smooth(values: list[float], window: int) -> list[float]:
@@ -79,26 +41,26 @@ def _smooth(values: list[float], window: int) -> list[float]:
     return out
 
 
-def loss_curves(metrics_csvs: Mapping[str, str | Path], smooth: int = 20) -> Figure:
+def loss_curves(runs: Mapping[str, Run], smooth: int = 20) -> Figure:
     """Training loss (smoothed over `smooth` logged steps) and validation loss against the
-    optimizer step, one line per run; `metrics_csvs` maps a label to a metrics.csv path. When
+    optimizer step, one line per run; `runs` maps a label to a run. When
     any run has in-training evaluation scores, a second row has one panel per task metric."""
-    eval_names = list(dict.fromkeys(n for p in metrics_csvs.values() for n in eval_metrics(p)))
+    eval_names = list(dict.fromkeys(n for r in runs.values() for n in eval_metrics(r)))
     fig = Figure(figsize=(10, 7.5 if eval_names else 4), layout="constrained")
     loss_fig, eval_fig = fig.subfigures(2, 1, height_ratios=[1, 0.9]) if eval_names else (fig, None)
-    steps_shown = _loss_panels(loss_fig, metrics_csvs, smooth)
+    steps_shown = _loss_panels(loss_fig, runs, smooth)
     if eval_names:
-        _eval_panels(eval_fig, metrics_csvs, eval_names, steps_shown)
+        _eval_panels(eval_fig, runs, eval_names, steps_shown)
     return fig
 
 
-def _loss_panels(fig, metrics_csvs: Mapping[str, str | Path], smooth: int) -> tuple[float, float]:
+def _loss_panels(fig, runs: Mapping[str, Run], smooth: int) -> tuple[float, float]:
     """The two loss panels; returns their step axis limits."""
     train_ax, val_ax = fig.subplots(1, 2, sharey=True)
-    for i, (label, path) in enumerate(metrics_csvs.items()):
-        steps, losses = read_metric(path, "train_loss")
+    for i, (label, run) in enumerate(runs.items()):
+        steps, losses = run.metric("train_loss")
         train_ax.plot(steps, _smooth(losses, smooth), color=f"C{i}", label=label)
-        val_steps, val_losses = read_metric(path, "val_loss")
+        val_steps, val_losses = run.metric("val_loss")
         val_ax.plot(val_steps, val_losses, marker="o", color=f"C{i}", label=label)
     train_ax.set(
         title=f"training loss (mean of {smooth} logged steps)",
@@ -112,13 +74,13 @@ def _loss_panels(fig, metrics_csvs: Mapping[str, str | Path], smooth: int) -> tu
     return train_ax.get_xlim()
 
 
-def _eval_panels(fig, metrics_csvs: Mapping[str, str | Path], names: list[str], xlim) -> None:
+def _eval_panels(fig, runs: Mapping[str, Run], names: list[str], xlim) -> None:
     """One panel per eval/TASK/METRIC: its score at each evaluated step, one line per run
     that has it (colours and step axis as in the loss panels, so the two rows line up)."""
     axes = fig.subplots(1, len(names), sharey=True, squeeze=False)[0]
     for ax, name in zip(axes, names, strict=True):
-        for i, (label, path) in enumerate(metrics_csvs.items()):
-            steps, scores = read_metric(path, name)
+        for i, (label, run) in enumerate(runs.items()):
+            steps, scores = run.metric(name)
             if steps:
                 ax.plot(steps, scores, marker="o", color=f"C{i}", label=label)
         ax.set(title=f"{eval_label(name)} (in-training eval)", xlabel="optimizer step", xlim=xlim)

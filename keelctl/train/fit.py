@@ -10,34 +10,22 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import signal
 import time
-import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import Callback
 
-from keelctl.config import RecipeConfig, dump_recipe
+from keelctl.atomic import remove_partial_writes
+from keelctl.config import RecipeConfig
 from keelctl.data import PreparedData, prepare_data_section
 from keelctl.errors import KeelError
 from keelctl.model import count_parameters
-from keelctl.runs import (
-    CHECKPOINTS,
-    CONFIG_YAML,
-    GRADS_CSV,
-    SUMMARY_JSON,
-    atomic_write_json,
-    atomic_write_text,
-    remove_partial_writes,
-    save_model,
-)
+from keelctl.runs import CHECKPOINTS, GRADS_CSV, Run
 from keelctl.train.callbacks import GradNorm, TokenThroughput, TrainProgressBar, ValidateAtEnd
 from keelctl.train.checkpoints import LAST_CKPT, checkpoint_callbacks
 from keelctl.train.datamodule import TokenDataModule
@@ -48,7 +36,6 @@ from keelctl.train.loggers import close_trackers, make_loggers, start_trackers
 from keelctl.train.module import LanguageModel
 from keelctl.train.preemption import (
     RunPreempted,
-    cluster_plugins,
     requeue_slurm_job,
     stop_signals_held,
 )
@@ -59,28 +46,14 @@ from keelctl.train.resume import (
     open_metrics,
     resolve_resume,
     resume_state,
-    truncate_csv,
 )
-from keelctl.train.scale import (
-    AtomicCheckpointIO,
-    gathered_model,
-    make_strategy,
-    remove_stale_shards,
-)
+from keelctl.train.scale import gathered_model, remove_stale_shards
+from keelctl.train.trainer import build_trainer, expected_warnings_hidden
 
 log = logging.getLogger(__name__)
 
 DEPTH_UNITS = (
     "n_sublayers counts attention+FFN sub-layers (the paper's layers); n_blocks = n_sublayers / 2"
-)
-# Lightning warnings that do not apply here, each for the reason given.
-_EXPECTED_WARNINGS = (
-    "Experiment logs directory",  # a resumed run's earlier metrics rows are re-logged (resume.py)
-    "Checkpoint directory",  # last.ckpt is meant to be overwritten
-    "You're resuming from a checkpoint that ended before the epoch ended",  # datamodule.py
-    "does not have many workers",  # windows are cheap memmap slices; data.num_workers sets it
-    "is smaller than the logging interval",  # tiny runs
-    "isinstance(treespec, LeafSpec)",  # Lightning 2.6 calling a torch API deprecated in 2.13
 )
 
 
@@ -118,7 +91,7 @@ def train(
     fit = _Fit(recipe, run_dir, resumed, progress_bar, callbacks)
     ckpt_path = last_ckpt if resume else None
     started = time.perf_counter()
-    with _expected_warnings_hidden():
+    with expected_warnings_hidden():
         try:
             fit.data = fit.prepare() if is_rank_zero else None  # the others: in setup()
             trainer, module, datamodule = fit.setup()
@@ -152,15 +125,14 @@ def train(
     with stop_signals_held():  # the run is done: a stop signal now waits for the export
         model = gathered_model(trainer, module)  # every rank: a collective under fsdp
         if trainer.is_global_zero:
-            save_model(
-                run_dir,
+            Run(run_dir).save_model(
                 model,
                 fit.data.tokenizer,
                 steps=trainer.global_step,
                 tokens_seen=summary["tokens_seen"],
                 recipe=recipe.name,
             )
-            atomic_write_json(run_dir / SUMMARY_JSON, summary)
+            Run(run_dir).write_summary(summary)
     return summary
 
 
@@ -218,12 +190,18 @@ class _Fit:
             if is_rank_zero
             else False
         )
-        trainer = _trainer(recipe, run_dir, loggers, self)
+        trainer = build_trainer(
+            recipe,
+            [*_callbacks(recipe, run_dir, self), *self.callbacks],
+            run_dir=run_dir,
+            loggers=loggers,
+            progress_bar=self.progress_bar,
+        )
         if is_rank_zero:  # after the trainer: a hardware mistake leaves the run dir untouched
-            atomic_write_text(run_dir / CONFIG_YAML, dump_recipe(recipe))
+            Run(run_dir).write_recipe(recipe)
             open_metrics(loggers[0], run_dir, self.start_step)
             start_trackers(loggers, run_dir)
-            truncate_csv(run_dir / GRADS_CSV, keep_steps_below=self.start_step)
+            Run(run_dir).truncate_csv(GRADS_CSV, keep_steps_below=self.start_step)
             remove_partial_writes(run_dir / CHECKPOINTS)
             remove_stale_shards(run_dir / CHECKPOINTS)
             self._log_rollbacks(trainer)
@@ -258,7 +236,7 @@ class _Fit:
         summary = self.summary(trainer, module, started)
         summary.update(status="preempted", signal=signal.Signals(stop.signum).name)
         if trainer.is_global_zero:
-            atomic_write_json(self.run_dir / SUMMARY_JSON, summary)
+            Run(self.run_dir).write_summary(summary)
             requeue_slurm_job(stop.signum)
         return summary
 
@@ -267,7 +245,7 @@ class _Fit:
         summary = self.summary(trainer, module, started)
         summary.update(status="diverged", diverged_at_step=e.step, diverged_loss=str(e.loss))
         if trainer.is_global_zero:
-            atomic_write_json(self.run_dir / SUMMARY_JSON, summary)
+            Run(self.run_dir).write_summary(summary)
         return KeelError(_diverged_message(e, self.run_dir / CHECKPOINTS / LAST_CKPT, self.recipe))
 
 
@@ -291,11 +269,10 @@ def _depth(module: LanguageModel) -> dict:
     }
 
 
-def _trainer(recipe, run_dir, loggers, fit: _Fit) -> L.Trainer:
-    t, o = recipe.trainer, recipe.optim
-    ckpt_dir = run_dir / CHECKPOINTS
+def _callbacks(recipe, run_dir, fit: _Fit) -> list[Callback]:
+    t = recipe.trainer
     callbacks = [
-        *checkpoint_callbacks(t, ckpt_dir),  # the stop-signal check first
+        *checkpoint_callbacks(t, run_dir / CHECKPOINTS),  # the stop-signal check first
         fit.guard,
         fit.throughput,
         GradNorm(),
@@ -308,35 +285,7 @@ def _trainer(recipe, run_dir, loggers, fit: _Fit) -> L.Trainer:
         callbacks.append(InTrainingEval(recipe, fit.throughput))
     if fit.progress_bar:
         callbacks.append(TrainProgressBar())
-    try:
-        return L.Trainer(
-            default_root_dir=run_dir,
-            accelerator=t.accelerator,
-            devices=t.devices,
-            num_nodes=t.num_nodes,
-            strategy=make_strategy(t),
-            plugins=[AtomicCheckpointIO(), *cluster_plugins()],
-            precision=t.precision,
-            max_steps=t.max_steps,
-            max_epochs=-1,
-            accumulate_grad_batches=t.accumulate_grad_batches,
-            gradient_clip_val=o.grad_clip,
-            val_check_interval=t.val_every * t.accumulate_grad_batches,  # counted in batches
-            check_val_every_n_epoch=None,
-            use_distributed_sampler=False,  # datamodule.py deals samples out to ranks in order
-            num_sanity_val_steps=0,
-            log_every_n_steps=t.log_every,
-            logger=loggers,
-            callbacks=[*callbacks, *fit.callbacks],
-            enable_progress_bar=fit.progress_bar,
-            enable_model_summary=False,
-        )
-    except (MisconfigurationException, ValueError, RuntimeError) as e:
-        raise KeelError(
-            f"Lightning cannot run trainer.accelerator {t.accelerator}, devices {t.devices}, "
-            f"num_nodes {t.num_nodes}, strategy {t.strategy} here: "
-            f"{str(e).splitlines()[0]}; change those keys (docs/scale.md)"
-        ) from None
+    return callbacks
 
 
 def _summary(
@@ -392,11 +341,3 @@ def _diverged_message(e: TrainingDiverged, last_ckpt: Path, recipe: RecipeConfig
     if not recipe.trainer.spike_rollback.enabled:
         todo += ", or set trainer.spike_rollback.enabled=true"
     return f"{e}; {kept}; {todo}"
-
-
-@contextmanager
-def _expected_warnings_hidden() -> Iterator[None]:
-    with warnings.catch_warnings():
-        for message in _EXPECTED_WARNINGS:
-            warnings.filterwarnings("ignore", message=f".*{re.escape(message)}")
-        yield

@@ -39,10 +39,9 @@ from torch import nn
 from keelctl.errors import KeelError
 from keelctl.grad_profile import GradLine, grad_flow_figure, theory_gain, theory_label
 from keelctl.model import ModelConfig
+from keelctl.runs import GRADS_COLUMNS
 from keelctl.train.loggers import log_figure, log_tracker_metrics, shows_images
 from keelctl.train.scale import is_sharded, local_grad
-
-GRADS_COLUMNS = ("step", "sublayer", "block", "kind", "param_grad_norm", "stream_grad_norm")
 
 
 class StreamGradProbe:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib.util
 import io
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +29,7 @@ from lightning.pytorch.loggers import (
 )
 
 from keelctl.errors import KeelError
-from keelctl.runs import atomic_write_json
+from keelctl.runs import Run
 
 if TYPE_CHECKING:  # a figure is only ever handed in: matplotlib stays off the train path
     from matplotlib.figure import Figure
@@ -41,7 +40,6 @@ _NEEDS = {
     "wandb": ("wandb", "pip install 'keelctl[wandb]'"),
     "mlflow": ("mlflow", "pip install 'keelctl[mlflow]'"),
 }
-TRACKERS_JSON = "trackers.json"  # {"wandb": run id, "mlflow": run id}
 PROJECT = "keelctl"  # W&B project and MLflow experiment unless the environment names one
 
 
@@ -60,7 +58,7 @@ def make_loggers(names: Sequence[str], run_dir: Path, run_name: str, resumed: bo
     """CSVLogger for RUN/metrics.csv first, then the trackers in `names` (rank zero only).
     Nothing is written until open_metrics() (resume.py) or the first log."""
     check_loggers_installed(names)
-    ids = _read_ids(run_dir) if resumed else {}
+    ids = Run(run_dir).tracker_ids() if resumed else {}
     loggers: list[Logger] = [CSVLogger(save_dir=run_dir, name="", version="")]
     if "tensorboard" in names:
         loggers.append(TensorBoardLogger(save_dir=run_dir, name="tensorboard", version=""))
@@ -112,19 +110,7 @@ def start_trackers(loggers: Sequence[Logger], run_dir: Path) -> None:
             logger.experiment.update_run(logger.run_id, status="RUNNING")  # a resumed run
             ids["mlflow"] = logger.run_id
     if ids:
-        atomic_write_json(run_dir / TRACKERS_JSON, ids)
-
-
-def _read_ids(run_dir: Path) -> dict:
-    path = run_dir / TRACKERS_JSON
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise KeelError(
-            f"{path} is not valid JSON; delete it to log the resumed run into new tracker runs"
-        ) from None
+        Run(run_dir).write_tracker_ids(ids)
 
 
 def close_trackers(loggers: Sequence[Logger], status: str) -> None:

@@ -17,10 +17,9 @@ from torchmetrics.aggregation import MeanMetric
 
 from keelctl.config import RecipeConfig
 from keelctl.model import build_model
-from keelctl.model.checkpointing import apply_activation_checkpointing
 from keelctl.model.loss import next_token_loss
-from keelctl.train.compile import check_compile_available, compile_blocks
 from keelctl.train.optim import build_optimizer, build_schedule
+from keelctl.train.prepare import prepare_model
 from keelctl.train.scale import shard_model
 
 TOKENIZER_KEY = "keelctl_tokenizer"
@@ -49,25 +48,14 @@ def _set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def _device_type(accelerator: str) -> str:
-    gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    return "cuda" if gpu else "cpu"
-
-
 class LanguageModel(L.LightningModule):
     def __init__(self, recipe: dict, tokenizer: dict | None = None):
         super().__init__()
         self.save_hyperparameters("recipe")
         self.recipe = RecipeConfig(**recipe)
         self.tokenizer = tokenizer
-        self.model = build_model(self.recipe.model)
-        trainer_cfg = self.recipe.trainer
-        # In torchtitan's order: checkpointing, then per-block compile, then (fsdp) sharding.
-        if trainer_cfg.activation_checkpointing:
-            apply_activation_checkpointing(self.model)  # state_dict keys do not change
-        if trainer_cfg.compile:
-            check_compile_available(_device_type(trainer_cfg.accelerator))
-            compile_blocks(self.model)  # in place: no `_orig_mod.` prefix in parameter names
+        # Sharded under fsdp later, in configure_model (prepare.py).
+        self.model = prepare_model(build_model(self.recipe.model), self.recipe.trainer)
         self.val_loss = MeanMetric()
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,6 @@ earlier records does a resumed run keep. Layout: docs/runs.md."""
 
 from __future__ import annotations
 
-import csv
 import pickle
 import tempfile
 from collections.abc import Iterator
@@ -11,22 +10,13 @@ from pathlib import Path
 
 import lightning as L
 import torch
-import yaml
 from lightning.pytorch.loggers import CSVLogger
 
 from keelctl.config import RecipeConfig
 from keelctl.data import tokenizer_from_dict
 from keelctl.errors import KeelError
 from keelctl.model import build_model
-from keelctl.runs import (
-    CHECKPOINTS,
-    CONFIG_YAML,
-    METRICS_CSV,
-    MODEL_JSON,
-    SUMMARY_JSON,
-    atomic_path,
-)
-from keelctl.train.checkpoints import LAST_CKPT
+from keelctl.runs import CONFIG_YAML, METRICS_CSV, Run
 from keelctl.train.module import TOKENIZER_KEY
 from keelctl.train.scale import check_checkpoint_layout, read_sharded_checkpoint
 
@@ -68,11 +58,7 @@ BATCH_LAYOUT = frozenset(
 
 
 def check_run_dir(run_dir: Path, resume: bool) -> None:
-    started = [
-        n
-        for n in (CONFIG_YAML, CHECKPOINTS, METRICS_CSV, MODEL_JSON, SUMMARY_JSON)
-        if (run_dir / n).exists()
-    ]
+    started = Run(run_dir).started
     if started and not resume:
         raise KeelError(
             f"run dir {run_dir} already holds a run ({', '.join(started)}); pass --resume to "
@@ -94,13 +80,13 @@ def resolve_resume(run_dir: Path, recipe: RecipeConfig, resume: bool | str) -> b
     killed before its first checkpoint, which then starts over."""
     if resume != "auto":
         return bool(resume)
-    if (run_dir / CHECKPOINTS / LAST_CKPT).exists():
+    run = Run(run_dir)
+    if run.last_checkpoint.exists():
         return True
-    config = run_dir / CONFIG_YAML
-    if config.is_file():
+    if run.has(CONFIG_YAML):
         try:
-            saved = RecipeConfig(**yaml.safe_load(config.read_text()))
-        except (yaml.YAMLError, TypeError, ValueError):
+            saved = run.recipe
+        except KeelError:
             saved = None
         changed = _unresumable_changes(saved, recipe) if saved else ["(unreadable)"]
         if changed:
@@ -235,7 +221,7 @@ class StepLabels(L.Callback):
 def open_metrics(csv_logger: CSVLogger, run_dir: Path, resume_step: int) -> None:
     """Start RUN/metrics.csv afresh; a run resumed (or rolled back) to `resume_step` keeps the
     rows of the steps before it."""
-    previous = _csv_rows(run_dir / METRICS_CSV) if resume_step else []
+    previous = Run(run_dir).complete_rows(METRICS_CSV) if resume_step else []
     _ = csv_logger.experiment  # creating the writer removes the old metrics.csv
     for row in previous:
         step = int(row.pop("step"))
@@ -246,24 +232,3 @@ def open_metrics(csv_logger: CSVLogger, run_dir: Path, resume_step: int) -> None
 
 def _number(text: str) -> int | float:
     return int(text) if text.lstrip("-").isdigit() else float(text)
-
-
-def _csv_rows(path: Path) -> list[dict]:
-    """The file's rows, without a last row cut short by a killed writer."""
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return [r for r in rows if None not in r.values() and None not in r and r["step"].isdigit()]
-
-
-def truncate_csv(path: Path, keep_steps_below: int) -> None:
-    """Drop rows a resumed run will write again (those of steps after its checkpoint)."""
-    rows = _csv_rows(path)
-    if not rows:
-        return
-    kept = [r for r in rows if int(r["step"]) < keep_steps_below]
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(kept)

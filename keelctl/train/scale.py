@@ -25,10 +25,10 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import ModelParallelStrategy, Strategy
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+from keelctl.atomic import atomic_path
 from keelctl.config import TrainerConfig
 from keelctl.errors import KeelError
 from keelctl.model import Transformer, build_model
-from keelctl.runs import atomic_path
 
 SHARDS_SUFFIX = ".shards"  # a sharded checkpoint's folder: .NAME.<id>.shards, NAME a link to it
 METADATA_FILE = "meta.pt"  # Lightning's: everything but the weights and optimizer state
@@ -205,7 +205,7 @@ def check_checkpoint_layout(path: Path, saved_strategy: str, strategy: str) -> N
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's TorchCheckpointIO, but a save can never leave a partial checkpoint: torch.save
     streams into a temporary file beside the target, which is fsynced and renamed over it
-    (keelctl.runs.atomic_path). Lightning's own save buffers the whole checkpoint in memory and
+    (keelctl.atomic.atomic_path). Lightning's own save buffers the whole checkpoint in memory and
     moves it from the system temp dir, which is a copy, not a rename, when that is another file
     system. Loads always use weights_only=True: no code in a checkpoint is ever run."""
 

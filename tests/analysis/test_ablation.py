@@ -224,11 +224,11 @@ def test_cli_data_overrides_the_corpus_for_runs_of_different_depth(
 ):
     """A run without config.yaml needs --data; with it both runs see the same windows."""
     from keelctl.data.tokenizers import ByteTokenizer
-    from keelctl.runs import save_model
+    from keelctl.runs import Run
 
     deeper = tmp_path / "deeper"
     cfg = ModelConfig(residual="pre_ln", d_model=16, n_heads=2, n_blocks=3, max_seq_len=64)
-    save_model(deeper, build_model(cfg), ByteTokenizer())
+    Run(deeper).save_model(build_model(cfg), ByteTokenizer())
     missing = CliRunner().invoke(app, ["ablate-layers", str(model_run_dir), str(deeper)])
     assert missing.exit_code == 2 and "pass --data SPEC" in missing.stderr
     argv = [

@@ -16,13 +16,14 @@ from torch.utils.data import DataLoader, TensorDataset
 from typer.testing import CliRunner
 
 from keelctl.analysis import gradflow
+from keelctl.atomic import atomic_write_text
 from keelctl.cli import app
 from keelctl.config import RecipeConfig, dump_recipe
 from keelctl.model import ModelConfig, build_model
 from keelctl.model.checkpointing import apply_activation_checkpointing
 from keelctl.model.config import Residual
 from keelctl.model.residual import deepnorm_alpha
-from keelctl.runs import CONFIG_YAML, GRADS_CSV, atomic_write_text
+from keelctl.runs import CONFIG_YAML, GRADS_CSV
 from keelctl.train.grad_flow import GRADS_COLUMNS, GradFlowCallback, append_grads_csv
 
 SMALL = dict(vocab_size=257, d_model=32, n_heads=4, n_kv_heads=2, n_blocks=3, max_seq_len=32)

@@ -203,7 +203,7 @@ def test_pretrained_tokenizer_round_trips_through_prepare_train_and_eval(
     from typer.testing import CliRunner
 
     from keelctl.cli import app
-    from keelctl.runs import read_model_meta
+    from keelctl.runs import Run
 
     texts = [p.read_text() for p in sorted(tiny_corpus.glob("*.py"))[:10]]
     tok_path = write_tokenizer_json(tmp_path / "tokenizer.json", texts, vocab_size=300)
@@ -226,7 +226,7 @@ def test_pretrained_tokenizer_round_trips_through_prepare_train_and_eval(
     run = tmp_path / "run"
     trained = runner.invoke(app, ["train", recipe, *args, "--run-dir", str(run)])
     assert trained.exit_code == 0, trained.output + trained.stderr
-    _, tokenizer = read_model_meta(run)
+    _, tokenizer = Run(run).model_meta
     original = json.loads(tok_path.read_text())
     assert tokenizer.kind == "pretrained" and tokenizer.eot_id == original["added_tokens"][0]["id"]
     assert json.loads(tokenizer.to_dict()["tokenizer_json"])["model"] == original["model"]

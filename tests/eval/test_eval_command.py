@@ -22,12 +22,12 @@ def pre_ln_run_dir(model_run_dir, tmp_path_factory):
     from keelctl.config import load_recipe
     from keelctl.data.tokenizers import ByteTokenizer
     from keelctl.model import build_model
-    from keelctl.runs import CONFIG_YAML, save_model
+    from keelctl.runs import CONFIG_YAML, Run
 
     recipe = load_recipe(model_run_dir / CONFIG_YAML, ["model.residual=pre_ln"])
     run_dir = tmp_path_factory.mktemp("runs") / "untrained-pre-ln"
     torch.manual_seed(1)
-    save_model(run_dir, build_model(recipe.model), ByteTokenizer())
+    Run(run_dir).save_model(build_model(recipe.model), ByteTokenizer())
     (run_dir / CONFIG_YAML).write_text((model_run_dir / CONFIG_YAML).read_text())
     return run_dir
 
@@ -174,12 +174,12 @@ def test_eval_scores_at_the_trained_context(trained_run_dir):
     from keelctl.data import load_documents
     from keelctl.eval.perplexity import corpus_perplexity
     from keelctl.eval.runner import evaluate_runs, heldout_spec
-    from keelctl.runs import load_model
+    from keelctl.runs import Run
 
     (entry,) = evaluate_runs([trained_run_dir], device="cpu")["runs"]
     assert entry["context"] == 32  # data.seq_len; its max_seq_len is 64
     spec, kwargs = heldout_spec(trained_run_dir, None)
-    model, tok = load_model(trained_run_dir)
+    model, tok = Run(trained_run_dir).load_model()
     docs = load_documents(spec, "val", **kwargs)
     at_32 = corpus_perplexity(model, tok, docs, max_len=32)
     assert entry["perplexity"]["nll"] == at_32["nll"]

@@ -11,7 +11,7 @@ def save_run(root, name: str, tokenizer=None, **model_kw):
     its weights scaled up so that every sub-layer matters."""
     from keelctl.data.tokenizers import ByteTokenizer
     from keelctl.model import ModelConfig, build_model
-    from keelctl.runs import save_model
+    from keelctl.runs import Run
 
     torch.manual_seed(0)
     kw = dict(d_model=32, n_heads=4, n_kv_heads=2, n_blocks=3, max_seq_len=48) | model_kw
@@ -20,7 +20,7 @@ def save_run(root, name: str, tokenizer=None, **model_kw):
         for p in model.parameters():
             p.mul_(4 if p.dim() == 2 else 1 + torch.rand_like(p))
     run = root / name
-    save_model(run, model, tokenizer or ByteTokenizer())
+    Run(run).save_model(model, tokenizer or ByteTokenizer())
     return run
 
 

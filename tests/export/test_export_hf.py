@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from keelctl.cli import app
 from keelctl.export import export_hf
 from keelctl.model import RESIDUALS
-from keelctl.runs import MODEL_WEIGHTS, load_model
+from keelctl.runs import MODEL_WEIGHTS, Run
 
 transformers = pytest.importorskip("transformers")
 
@@ -39,7 +39,7 @@ def test_hf_logits_equal_keelctl(make_run, tmp_path, variant):
     folder = export_hf(run, tmp_path / f"hf-{variant}", context=48)
     config = json.loads((folder / "config.json").read_text())
     assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_keel.KeelForCausalLM"
-    model, _ = load_model(run)
+    model, _ = Run(run).load_model()
     hf = load_hf(folder)
     assert hf.dtype == torch.float32
     ids = torch.randint(0, 257, (2, 24))

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from keelctl.cli import app
 from keelctl.generate import generate
-from keelctl.runs import load_model
+from keelctl.runs import Run
 
 
 def invoke(*args):
@@ -27,7 +27,7 @@ def test_greedy_output_is_the_prompt_then_the_greedy_continuation(trained_run_di
         "cpu",
     )
     assert result.exit_code == 0, result.output
-    model, tok = load_model(trained_run_dir)
+    model, tok = Run(trained_run_dir).load_model()
     new = generate(
         model, [[tok.eot_id, *tok.encode("def ")]], max_new_tokens=25, context=32, eot_id=tok.eot_id
     )[0]

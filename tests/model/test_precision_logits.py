@@ -131,11 +131,11 @@ def test_fsdp2_with_bf16_gains_fails_the_same_check(trained, mesh):
 def hf_folder(trained, tmp_path_factory):
     from keelctl.data.tokenizers import ByteTokenizer
     from keelctl.export import export_hf
-    from keelctl.runs import save_model
+    from keelctl.runs import Run
 
     pytest.importorskip("transformers")
     root = tmp_path_factory.mktemp("hf-bf16")
-    save_model(root / "run", trained[0], ByteTokenizer())
+    Run(root / "run").save_model(trained[0], ByteTokenizer())
     return export_hf(root / "run", root / "hf", context=32)
 
 

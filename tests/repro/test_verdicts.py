@@ -78,7 +78,7 @@ def test_a_diverged_run_is_worse_than_any_finite_one():
 def test_final_loss_reads_a_diverged_run_as_infinite():
     from types import SimpleNamespace
 
-    from keelctl.repro.sweeps import final_loss
+    from keelctl.repro.readings import final_loss
 
     def run(**summary):
         return SimpleNamespace(summary=summary)
@@ -115,7 +115,7 @@ def test_a_vanished_gradient_counts_at_the_float32_floor_not_as_not_finite():
     number (1.18e-38 = 37.9 decades): a bound in the claim's direction, not a diverged run."""
     from types import SimpleNamespace
 
-    from keelctl.repro.analyses import FROM, VANISHED, grad_level
+    from keelctl.repro.readings import FROM, VANISHED, grad_level
 
     def curve(bottom: float) -> SimpleNamespace:
         norms = [1.0] * 8

@@ -60,7 +60,7 @@ def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_losses(tiny, tmp_pa
 
 KILLED_WHILE_SAVING = """
 import os, signal, sys, torch
-from keelctl.runs import atomic_path
+from keelctl.atomic import atomic_path
 
 class KillMe:  # pickling it is the middle of the save: the file exists and is partly written
     def __reduce__(self):

@@ -175,14 +175,14 @@ def test_under_slurm_sigusr1_requeues_the_job_and_sigterm_does_not(tmp_path, mon
 
 def test_a_signal_during_the_final_export_waits_for_it(tiny, tmp_path, monkeypatch):
     """A run killed while exporting could not be resumed (its checkpoint is at max_steps)."""
-    import keelctl.train.fit as fit
+    from keelctl.runs import Run
 
     def save_model_signalled(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
         save_model(*args, **kwargs)
 
-    save_model = fit.save_model
-    monkeypatch.setattr(fit, "save_model", save_model_signalled)
+    save_model = Run.save_model
+    monkeypatch.setattr(Run, "save_model", save_model_signalled)
     summary = train(load_recipe(TINY_KEEL, tiny(max_steps=3)), tmp_path / "run", progress_bar=False)
     assert summary["status"] == "finished" and (tmp_path / "run" / "model.safetensors").is_file()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

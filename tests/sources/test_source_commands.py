@@ -106,9 +106,10 @@ def test_eval_scores_a_transformers_model_like_its_own_loss(model_run_dir, hf_fo
 
 def synthetic_run(root):
     """A run dir with config.yaml and a grads.csv of two steps (4 sub-layers)."""
+    from keelctl.atomic import atomic_write_text
     from keelctl.config import RecipeConfig, dump_recipe
     from keelctl.model import ModelConfig, build_model
-    from keelctl.runs import CONFIG_YAML, GRADS_CSV, atomic_write_text
+    from keelctl.runs import CONFIG_YAML, GRADS_CSV
     from keelctl.train.grad_flow import append_grads_csv
 
     cfg = ModelConfig(vocab_size=257, d_model=16, n_heads=2, n_blocks=2, max_seq_len=16)

@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from keelctl.cli import app
 from keelctl.errors import KeelError
-from keelctl.train.curves import loss_curves, read_metric
+from keelctl.runs import Run
+from keelctl.train.curves import loss_curves
 
 
 def test_metrics_count_tokens_and_throughput(trained_run_dir):
@@ -25,15 +26,13 @@ def test_metrics_count_tokens_and_throughput(trained_run_dir):
 
 
 def test_loss_curves_draw_train_and_val_per_run(trained_run_dir):
-    metrics = trained_run_dir / "metrics.csv"
-    fig = loss_curves({"a": metrics, "b": metrics}, smooth=5)
+    run = Run(trained_run_dir)
+    fig = loss_curves({"a": run, "b": run}, smooth=5)
     train_ax, val_ax = fig.axes
     assert [line.get_label() for line in train_ax.get_lines()] == ["a", "b"]
     steps, losses = train_ax.get_lines()[0].get_data()
     assert list(steps) == list(range(40))
-    assert (
-        losses[0] == read_metric(metrics, "train_loss")[1][0]
-    )  # smoothing starts at the first point
+    assert losses[0] == run.metric("train_loss")[1][0]  # smoothing starts at the first point
     assert list(val_ax.get_lines()[0].get_xdata()) == [9, 19, 29, 39]
 
 
@@ -64,9 +63,7 @@ def evaluated_run(trained_run_dir, tmp_path):
 
 
 def test_loss_curves_add_a_panel_per_eval_metric(trained_run_dir, evaluated_run):
-    fig = loss_curves(
-        {"evaluated": evaluated_run / "metrics.csv", "plain": trained_run_dir / "metrics.csv"}
-    )
+    fig = loss_curves({"evaluated": Run(evaluated_run), "plain": Run(trained_run_dir)})
     train_ax, val_ax, acc_ax, norm_ax = fig.axes  # eval/seconds and eval/failed: no panels
     assert acc_ax.get_title() == "keel_nextline acc (in-training eval)"
     assert norm_ax.get_title() == "keel_nextline acc_norm (in-training eval)"
@@ -98,7 +95,7 @@ def test_compare_runs_shows_and_plots_the_eval_scores(trained_run_dir, evaluated
 
 def test_read_metric_of_a_missing_file_says_what_to_do(tmp_path):
     with pytest.raises(KeelError, match="keelctl train"):
-        read_metric(tmp_path / "metrics.csv", "train_loss")
+        Run(tmp_path).metric("train_loss")
 
 
 def test_compare_runs_of_an_unfinished_dir_is_one_line(tmp_path):

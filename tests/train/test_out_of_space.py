@@ -17,8 +17,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from keelctl.atomic import WriteFailed, atomic_path
 from keelctl.cli import app
-from keelctl.runs import WriteFailed, atomic_path
 from keelctl.train.resume import checkpoint_step
 
 KEELCTL = str(Path(sys.executable).with_name("keelctl"))

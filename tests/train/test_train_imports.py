@@ -50,3 +50,26 @@ def test_train_imports_no_heavy_optional_library(tmp_path, tiny_train_sets):
     assert not set(result["after_train"]) & set(NEVER)
     added = set(result["after_train"]) - set(result["with_lightning"])
     assert not added, f"the train path imported {sorted(added)}"
+
+
+_CHECK_TASKS = """
+import json, sys
+from keelctl.train.evaluation import check_eval_tasks
+check_eval_tasks(json.loads(sys.argv[1]))
+print(json.dumps("lm_eval.tasks" in sys.modules))
+"""
+
+
+def test_bundled_eval_tasks_are_checked_without_lm_evals_task_index():
+    """trainer.eval_tasks of bundled tasks: lm_eval.tasks (about 100 MB, 1-2 s) waits for
+    the first evaluation instead of loading before step 1 (unknown names still fail before
+    step 1: test_eval_in_training.py)."""
+    names = ["keel_nextline", "keel_hops", "keel_offline", "keel_hops_k2"]
+    out = subprocess.run(
+        [sys.executable, "-c", _CHECK_TASKS, json.dumps(names)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) is False
