@@ -80,7 +80,7 @@ def main() -> int:
     from keelctl.model import ModelConfig, build_model
     from keelctl.model.checkpointing import apply_activation_checkpointing
     from keelctl.train.compile import compile_blocks
-    from keelctl.train.scale import shard_model
+    from keelctl.train.parallel import shard_model
 
     args = parse()
     cuda = torch.cuda.is_available() and not args.smoke

@@ -6,7 +6,7 @@ rule; Scale.unigram_nll). Reads the scale's token store (prepared on a miss), tr
 
 Prints, in nats/token:
   heldout entropy     H(q) of the scored validation targets' own frequencies q: the lowest loss
-                      any unigram model reaches on them (the number kept in scales.py)
+                      any unigram model reaches on them (unigram_nll in a repro scale file)
   train cross-entropy H(q, p) with p the training split's frequencies (add-one smoothed): what a
                       unigram model fitted on the training split actually scores there
 """

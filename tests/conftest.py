@@ -62,13 +62,15 @@ def next_byte_lm():
     return NextByteLM()
 
 
+# The tiny model of tiny_model_config and model_run_dir: byte vocabulary, 2 blocks of width 32.
+TINY_MODEL = dict(vocab_size=257, d_model=32, n_heads=4, n_kv_heads=2, n_blocks=2, max_seq_len=64)
+
+
 @pytest.fixture
 def tiny_model_config():
     from keelctl.model import ModelConfig
 
-    return ModelConfig(
-        vocab_size=257, d_model=32, n_heads=4, n_kv_heads=2, n_blocks=2, max_seq_len=64
-    )
+    return ModelConfig(**TINY_MODEL)
 
 
 @pytest.fixture(scope="session")
@@ -94,7 +96,7 @@ def model_run_dir(tmp_path_factory, tiny_corpus):
     run_dir = tmp_path_factory.mktemp("runs") / "untrained-keel"
     recipe = RecipeConfig(
         name="untrained-keel",
-        model=dict(vocab_size=257, d_model=32, n_heads=4, n_kv_heads=2, n_blocks=2, max_seq_len=64),
+        model=TINY_MODEL,
         data=dict(
             corpus=str(tiny_corpus),
             seq_len=64,

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from keelctl.grad_profile import GRAD_FIGSIZE, SUBLAYER_AXIS, GradLine, new_figure
+from keelctl.figures import GRAD_FIGSIZE, SUBLAYER_AXIS, GradLine, new_figure
 
 # |dPPL| below this is drawn at it: a log axis cannot show 0.
 DPPL_FLOOR = 1e-4
@@ -103,7 +103,7 @@ def ablation_figure(
     return fig
 
 
-# ---- gradient flow (keelctl plot-grads; the line figure: keelctl/grad_profile.py) -----------
+# ---- gradient flow (keelctl plot-grads; the line figure: keelctl/figures.py) ---------------
 
 
 def grad_heatmap_figure(

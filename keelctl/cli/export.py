@@ -20,8 +20,8 @@ def export_command(
 ) -> None:
     """Write a trained run in a format other tools load (AutoModelForCausalLM, lm_eval)."""
     from keelctl.errors import KeelError
-    from keelctl.eval.context import trained_context
     from keelctl.export import export_hf
+    from keelctl.sources.keel import trained_context
 
     if format not in FORMATS:
         raise KeelError(f"--format {format!r} is not supported; use one of {', '.join(FORMATS)}")

@@ -34,11 +34,11 @@ def generate_command(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
 ) -> None:
     """Continue a prompt, streaming text as it is generated; stops at end-of-text."""
-    from keelctl.eval.context import trained_context
     from keelctl.eval.device import resolve_device
     from keelctl.generate import Sampling
     from keelctl.generate.text import check_request, prompt_ids, read_prompt, stream_samples
     from keelctl.runs import Run
+    from keelctl.sources.keel import trained_context
 
     sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p)
     check_request(max_new_tokens, num_samples)

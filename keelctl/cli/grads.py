@@ -57,12 +57,12 @@ def plot_grads(
     theory: Post-LN 2^(-(L-l)/2), Keel (α/√(α²+1))^(L-l), DeepNorm with its a, Pre-LN 1.
     Transformers models are measured per block at their released weights; a mix of depths or
     units is drawn on a normalised depth axis."""
-    from keelctl.analysis import gradflow
+    from keelctl.analysis import grad_flow
 
     if at_init:
         if steps is not None or data is not None:
             raise KeelError("--steps and --data do not apply to --at-init (it measures step 0)")
-        curves = gradflow.at_init_curves(sources, overrides, 4 if batches is None else batches)
+        curves = grad_flow.at_init_curves(sources, overrides, 4 if batches is None else batches)
         heatmap_of = None
         output = output or Path("grads-at-init.png")
     else:
@@ -70,7 +70,7 @@ def plot_grads(
             sources, steps, overrides, batches, data, device, dtype, device_map
         )
         output = output or default_output
-    written = gradflow.write_outputs(curves, output, heatmap_of, json_path)
+    written = grad_flow.write_outputs(curves, output, heatmap_of, json_path)
     _print_table(curves)
     console.print("wrote " + ", ".join(str(p) for p in written))
 
@@ -78,7 +78,7 @@ def plot_grads(
 def _recorded_curves(sources, steps, overrides, batches, data, device, dtype, device_map):
     """(curves, the history to draw as a heatmap, the default output) of run dirs (their
     grads.csv) and transformers models (measured on --data)."""
-    from keelctl.analysis import gradflow
+    from keelctl.analysis import grad_flow
     from keelctl.sources import is_transformers, open_source
 
     runs = [s for s in sources if not is_transformers(s)]
@@ -92,18 +92,18 @@ def _recorded_curves(sources, steps, overrides, batches, data, device, dtype, de
         )
     if data is not None and not models:
         raise KeelError("--data applies to transformers models; run dirs use grads.csv")
-    wanted = gradflow.parse_steps(steps or "0,last")
-    histories = gradflow.read_runs(runs)
+    wanted = grad_flow.parse_steps(steps or "0,last")
+    histories = grad_flow.read_runs(runs)
     curves = [curve for h in histories for curve in h.select(wanted)]
     if models:
-        curves += gradflow.source_curves(models, data, batches or 4, device)
+        curves += grad_flow.source_curves(models, data, batches or 4, device)
     heatmap_of = histories[0] if histories else None
     return curves, heatmap_of, Path(runs[0]) / "grads.png" if runs else Path("grads.png")
 
 
 def _print_table(curves: list) -> None:
     """Per curve: bottom/top ratios of the stream and parameter gradients, and the theory's."""
-    from keelctl.analysis import gradflow
+    from keelctl.model.grad_theory import theory_gain
 
     table = Table(
         title="Gradient flow (L = sub-layers; 0/top = bottom layer ÷ top layer: sub-layers for "
@@ -118,7 +118,7 @@ def _print_table(curves: list) -> None:
     for col in ("stream 0/top", "stream min/top", "theory 0/top", "param 0/top"):
         table.add_column(col, justify="right", min_width=7)
     for c in curves:
-        theory = gradflow.theory_gain(c.config) if c.config else None
+        theory = theory_gain(c.config) if c.config else None
         lowest = min(c.stream_grad_norm) / c.stream_grad_norm[-1]
         table.add_row(
             c.name,

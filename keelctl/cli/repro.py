@@ -20,7 +20,11 @@ def repro(
         help="max-lr, lr-sweep, depth-sweep, grad-flow, redundancy, scale-map, design, "
         "precision, hops or tuned.",
     ),
-    scale: str = typer.Option("cpu", "--scale", help="micro (tests), cpu or gpu (paper shapes)."),
+    scale: str = typer.Option(
+        "cpu",
+        "--scale",
+        help="A file in keelctl/repro/scale_recipes/: micro (tests), cpu or gpu (paper shapes).",
+    ),
     seeds: int = typer.Option(1, "--seeds", help="Seeds per configuration (mean ± std if > 1)."),
     out: Path = typer.Option(
         None,

@@ -104,9 +104,9 @@ def evaluate_checkpoints(
     output: Path | None = None,
 ) -> dict:
     """{"settings", "rows": one per run and step: run, step, tokens, perplexity, results}."""
-    from keelctl.eval.context import trained_context
     from keelctl.eval.harness import resolve_tasks, run_tasks
     from keelctl.eval.lm_eval_adapter import KeelLM
+    from keelctl.sources.keel import trained_context
 
     if batch_size < 1:
         raise KeelError(f"--batch-size must be at least 1, got {batch_size}")
@@ -169,7 +169,7 @@ def task_scores(row: dict) -> dict[str, float]:
 def checkpoints_figure(rows: Sequence[dict]):
     """Left: held-out loss (nats/token) against tokens trained on, a line per run; right:
     each task score against tokens, a line per run and task metric."""
-    from keelctl.grad_profile import new_figure
+    from keelctl.figures import new_figure
 
     fig = new_figure(11.0, 4.2)
     loss_ax, task_ax = fig.subplots(1, 2)

@@ -67,8 +67,8 @@ class KeelLM(TemplateLM):
                 raise KeelError("keel needs a run dir: --model_args path=RUN_DIR")
             if device == HARNESS_DEFAULT_DEVICE and not torch.cuda.is_available():
                 device = "cpu"
-            from keelctl.eval.context import trained_context
             from keelctl.runs import Run
+            from keelctl.sources.keel import trained_context
 
             run = Run(path)
             model, tokenizer = run.load_model(resolve_device(device))

@@ -121,7 +121,7 @@ class RMSNorm(nn.RMSNorm):
     """nn.RMSNorm that always computes in fp32 or wider and returns that dtype, whatever the
     dtypes of its input and of its gain (a bf16 gain next to an fp32 input would also miss
     torch's fused kernel). keelctl keeps every gain fp32 on every path (FSDP2 shards the norms
-    in fp32 units, keelctl.train.scale); `gain_dtype` bf16 rounds the gain in the forward pass,
+    in fp32 units, keelctl.train.parallel); `gain_dtype` bf16 rounds the gain in the forward pass,
     the numerics of an implementation that stores it in bf16 (ModelConfig.norm_dtype)."""
 
     def __init__(self, dim: int, eps: float, gain_dtype: torch.dtype | None = None):

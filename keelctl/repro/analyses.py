@@ -90,7 +90,7 @@ def analyse_grad_flow(
 def _plot_depth(ctx: Context, group: list[Outcome], depth: int, report: Report) -> dict:
     """plot-grads' figures of the runs at `depth` (step 0 and the last step), into the report;
     returns each run's two curves."""
-    from keelctl.analysis.gradflow import read_grads, write_outputs
+    from keelctl.analysis.grad_flow import read_grads, write_outputs
 
     histories = [read_grads(o.record) for o in group]
     picked = [h.select([0, "last"]) for h in histories]

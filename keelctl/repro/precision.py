@@ -189,7 +189,7 @@ def analyse_precision(
 def grads_figure(groups: Groups):
     """One panel per (scheme, depth): |dL/dx| on the residual stream entering each sub-layer at
     the last recorded step of the first seed's run, one line per variant (log scale)."""
-    from keelctl.analysis.gradflow import read_grads
+    from keelctl.analysis.grad_flow import read_grads
 
     fig = new_figure(max(4.5, 3.6 * len(groups)), 3.8)
     axes = fig.subplots(1, max(1, len(groups)), squeeze=False)[0]

@@ -12,7 +12,6 @@ verdicts), never another protocol.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shlex
@@ -278,7 +277,7 @@ def _setup_section(ctx: Context, report: Report, outcomes: list[Outcome], timing
     trained_s, analysis_s = timing["trained_s"], timing["analysis_s"]
     train_total = sum(o.summary.get("wall_time_s", 0.0) for o in outcomes)
     fresh = sum(o.trained_now for o in outcomes)
-    scale = dataclasses.asdict(ctx.scale)
+    scale = ctx.scale.model_dump()
     report.section(
         "Setup",
         f"Scale `{ctx.scale.name}`, seeds {ctx.seeds}, overrides {ctx.overrides or 'none'}.",
@@ -289,6 +288,6 @@ def _setup_section(ctx: Context, report: Report, outcomes: list[Outcome], timing
         f"{timing['load'][0]:.1f} at the start and {timing['load'][1]:.1f} at the end (other "
         "processes on the machine slow every timing here).",
         f"Machine: {machine()}.",
-        "The scale, as data (keelctl/repro/scales.py):",
+        f"The scale, as data (keelctl/repro/scale_recipes/{ctx.scale.name}.yaml):",
         "```text\n" + "\n".join(f"{k}: {json.dumps(v)}" for k, v in scale.items()) + "\n```",
     )

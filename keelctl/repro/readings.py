@@ -75,7 +75,7 @@ def grad_level(curve) -> float:
 def grad_level_after(o: Outcome) -> float:
     """grad_level at the record's last grads.csv step; nan (not finite, not missing) for a
     diverged run."""
-    from keelctl.analysis.gradflow import read_grads
+    from keelctl.analysis.grad_flow import read_grads
 
     if diverged(o):
         return math.nan
@@ -83,8 +83,8 @@ def grad_level_after(o: Outcome) -> float:
 
 
 def theory_ratio(cfg) -> float:
-    """The skip-path gain alone (grad_profile.theory_gain), sub-layer FROM / top."""
-    from keelctl.analysis.gradflow import theory_gain
+    """The skip-path gain alone (model/grad_theory.py), sub-layer FROM / top."""
+    from keelctl.model.grad_theory import theory_gain
 
     gain = theory_gain(cfg)
     return gain[FROM] / gain[-1] if len(gain) > FROM + 1 else math.nan

@@ -11,7 +11,7 @@ import torch
 from lightning.fabric.utilities.throughput import Throughput
 from lightning.pytorch.callbacks import RichProgressBar
 
-from keelctl.train.scale import is_sharded, local_grad
+from keelctl.train.parallel import is_sharded, local_grad
 
 
 class TokenThroughput(L.Callback):

@@ -6,7 +6,7 @@
     step-NNNNNNN.ckpt  the last trainer.keep_checkpoints states of last.ckpt, as hard links
                        (no extra writing)
 
-All writes go through AtomicCheckpointIO (scale.py): temporary file, fsync, rename.
+All writes go through AtomicCheckpointIO (checkpoint_io.py): temporary file, fsync, rename.
 
 The timed and signalled saves happen at the end of an optimizer step, except at a step that
 is followed by a validation: there the validation's own last.ckpt comes a moment later, and a

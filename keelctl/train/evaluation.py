@@ -25,7 +25,7 @@ import torch
 from keelctl.config import RecipeConfig
 from keelctl.train.callbacks import TokenThroughput
 from keelctl.train.module import _rng_states, _set_rng_states
-from keelctl.train.scale import gathered_model
+from keelctl.train.parallel import gathered_model
 
 log = logging.getLogger(__name__)
 

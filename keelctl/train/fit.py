@@ -27,13 +27,15 @@ from keelctl.errors import KeelError
 from keelctl.model import count_parameters
 from keelctl.runs import CHECKPOINTS, GRADS_CSV, Run
 from keelctl.train.callbacks import GradNorm, TokenThroughput, TrainProgressBar, ValidateAtEnd
+from keelctl.train.checkpoint_io import remove_stale_shards
 from keelctl.train.checkpoints import LAST_CKPT, checkpoint_callbacks
 from keelctl.train.datamodule import TokenDataModule
 from keelctl.train.evaluation import InTrainingEval
-from keelctl.train.grad_flow import GradFlowCallback
+from keelctl.train.grad_recording import GradFlowCallback
 from keelctl.train.guards import LossGuard, LossSpike, TrainingDiverged
 from keelctl.train.loggers import close_trackers, make_loggers, start_trackers
 from keelctl.train.module import LanguageModel
+from keelctl.train.parallel import gathered_model
 from keelctl.train.preemption import (
     RunPreempted,
     requeue_slurm_job,
@@ -47,7 +49,6 @@ from keelctl.train.resume import (
     resolve_resume,
     resume_state,
 )
-from keelctl.train.scale import gathered_model, remove_stale_shards
 from keelctl.train.trainer import build_trainer, expected_warnings_hidden
 
 log = logging.getLogger(__name__)

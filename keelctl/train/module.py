@@ -19,8 +19,8 @@ from keelctl.config import RecipeConfig
 from keelctl.model import build_model
 from keelctl.model.loss import next_token_loss
 from keelctl.train.optim import build_optimizer, build_schedule
+from keelctl.train.parallel import shard_model
 from keelctl.train.prepare import prepare_model
-from keelctl.train.scale import shard_model
 
 TOKENIZER_KEY = "keelctl_tokenizer"
 RNG_KEY = "keelctl_rng"

@@ -1,7 +1,7 @@
 """Model preparation: what train (LanguageModel) and bench's bare loop do to a freshly built
 Transformer before its first step, in torchtitan's order: activation checkpointing, then
 per-block compile. Under trainer.strategy fsdp, LanguageModel.configure_model then shards it
-(train/scale.py), once Lightning has made the device mesh.
+(train/parallel.py), once Lightning has made the device mesh.
 
     model = prepare_model(build_model(recipe.model), recipe.trainer)
 """

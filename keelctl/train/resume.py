@@ -17,8 +17,8 @@ from keelctl.data import tokenizer_from_dict
 from keelctl.errors import KeelError
 from keelctl.model import build_model
 from keelctl.runs import CONFIG_YAML, METRICS_CSV, Run
+from keelctl.train.checkpoint_io import check_checkpoint_layout, read_sharded_checkpoint
 from keelctl.train.module import TOKENIZER_KEY
-from keelctl.train.scale import check_checkpoint_layout, read_sharded_checkpoint
 
 # Keys a resumed run may change; any other difference would make the resumed run a different
 # experiment (or break the data position, which assumes constant sequences per step).

@@ -24,8 +24,9 @@ from lightning.pytorch.loggers import Logger
 
 from keelctl.config import RecipeConfig
 from keelctl.errors import KeelError
+from keelctl.train.checkpoint_io import AtomicCheckpointIO
+from keelctl.train.parallel import make_strategy
 from keelctl.train.preemption import cluster_plugins
-from keelctl.train.scale import AtomicCheckpointIO, make_strategy
 
 # Lightning warnings that do not apply here, each for the reason given.
 EXPECTED_WARNINGS = (

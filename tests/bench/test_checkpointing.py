@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from keelctl.model import Block, ModelConfig, build_model
+from keelctl.model import Block, build_model
 from keelctl.model.checkpointing import apply_activation_checkpointing, is_checkpointed
 
 
@@ -35,7 +35,7 @@ def test_applying_twice_wraps_once_and_skipping_still_works(tiny_model_config):
 
 
 def test_eval_without_grad_matches(tiny_model_config):
-    model = build_model(ModelConfig(**tiny_model_config.model_dump()))
+    model = build_model(tiny_model_config)
     idx = torch.randint(0, 257, (1, 8))
     with torch.no_grad():
         before = model(idx)

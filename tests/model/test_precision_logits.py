@@ -103,7 +103,7 @@ def sharded_logits(model, idx, shard) -> tuple[torch.Tensor, set]:
 
 
 def test_fsdp2_bf16_mixed_matches_fp32(trained, mesh):
-    from keelctl.train.scale import shard_model
+    from keelctl.train.parallel import shard_model
 
     model, idx, want = trained
     got, used = sharded_logits(model, idx, lambda m: shard_model(m, mesh, "bf16-mixed"))
@@ -115,7 +115,7 @@ def test_fsdp2_with_bf16_gains_fails_the_same_check(trained, mesh):
     """One bf16 unit per Block, norms included: keelctl's sharding before issue 25."""
     from torch.distributed.fsdp import fully_shard
 
-    from keelctl.train.scale import mixed_precision_policy
+    from keelctl.train.parallel import mixed_precision_policy
 
     def shard_all_bf16(m):
         for unit in [*m.blocks, m]:

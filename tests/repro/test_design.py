@@ -16,7 +16,9 @@ from keelctl.repro import make_context, plan_protocol, run_protocol
 from keelctl.repro.context import set_flags
 from keelctl.repro.design import VARIANTS, model_keys, planned
 from keelctl.repro.plan import recipe_hash
-from keelctl.repro.scales import MICRO
+from keelctl.repro.scales import get_scale
+
+MICRO = get_scale("micro")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,9 @@ import pytest
 from keelctl.errors import KeelError
 from keelctl.repro import make_context, plan_protocol
 from keelctl.repro.plan import make_recipe, recipe_hash
-from keelctl.repro.scales import CPU
+from keelctl.repro.scales import get_scale
+
+CPU = get_scale("cpu")
 
 
 def recipe(*overrides: str, **kw):

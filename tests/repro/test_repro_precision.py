@@ -13,7 +13,9 @@ from keelctl.cli import app
 from keelctl.model import build_model
 from keelctl.repro import make_context, plan_protocol
 from keelctl.repro.precision import VARIANTS, planned
-from keelctl.repro.scales import MICRO
+from keelctl.repro.scales import get_scale
+
+MICRO = get_scale("micro")
 
 MAIN, DEEP = MICRO.design_depths[-1], MICRO.map_trains_depths[0]
 

@@ -4,7 +4,6 @@ end to end at micro scale through the CLI."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 
@@ -17,8 +16,10 @@ from keelctl.repro import make_context, max_lr, plan_protocol, scale_map
 from keelctl.repro.context import Context
 from keelctl.repro.plan import Outcome
 from keelctl.repro.scale_map_grid import smallest_sentence, trains_verdict
-from keelctl.repro.scales import MICRO, get_scale
+from keelctl.repro.scales import get_scale
 from keelctl.repro.verdicts import NO_DATA, NOT_AT_SCALE, OPPOSITE, REPRODUCED
+
+MICRO = get_scale("micro")
 
 
 def _cells(specs) -> set[tuple[str, int, int]]:
@@ -61,7 +62,7 @@ def test_plan_leaves_out_cells_over_budget_and_shares_depth_sweep_runs(tmp_path)
 
 
 def test_ramps_at_max_lr_length_are_max_lr_runs(tmp_path):
-    scale = dataclasses.replace(MICRO, map_steps=(4, MICRO.max_lr_steps), map_max_cost=None)
+    scale = MICRO.model_copy(update=dict(map_steps=(4, MICRO.max_lr_steps), map_max_cost=None))
     ctx = Context("scale-map", scale, [0], tmp_path / "out", tmp_path / "runs", [])
     ours = {s.run_dir for s in scale_map.plan(ctx) if scale_map.is_ramp(s)}
     theirs = {s.run_dir for s in max_lr.plan(ctx) if s.scheme in scale_map.RAMP_SCHEMES}
@@ -70,7 +71,7 @@ def test_ramps_at_max_lr_length_are_max_lr_runs(tmp_path):
 
 
 def test_a_scale_without_a_map_is_refused(tmp_path):
-    scale = dataclasses.replace(MICRO, map_depths=())
+    scale = MICRO.model_copy(update=dict(map_depths=()))
     ctx = Context("scale-map", scale, [0], tmp_path, tmp_path, [])
     with pytest.raises(KeelError, match="no scale map"):
         scale_map.plan(ctx)

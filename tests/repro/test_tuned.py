@@ -10,8 +10,10 @@ from typer.testing import CliRunner
 
 from keelctl.cli import app
 from keelctl.repro import make_context, plan_protocol
-from keelctl.repro.scales import CPU
+from keelctl.repro.scales import get_scale
 from keelctl.repro.tuned import pending
+
+CPU = get_scale("cpu")
 
 SCHEMES = ("keel", "pre_ln", "peri_ln", "lns", "post_ln")
 GRID = (1.5e-3, 3e-3, 6e-3, 1.2e-2)  # cpu's grid: four LRs a factor 2 apart

@@ -110,7 +110,7 @@ def synthetic_run(root):
     from keelctl.config import RecipeConfig, dump_recipe
     from keelctl.model import ModelConfig, build_model
     from keelctl.runs import CONFIG_YAML, GRADS_CSV
-    from keelctl.train.grad_flow import append_grads_csv
+    from keelctl.train.grad_recording import append_grads_csv
 
     cfg = ModelConfig(vocab_size=257, d_model=16, n_heads=2, n_blocks=2, max_seq_len=16)
     run = root / "run-keel"

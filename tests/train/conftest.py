@@ -20,6 +20,17 @@ def tiny_sets(tiny_train_sets, tmp_path):
 
 
 @pytest.fixture
+def cpu_tiny_sets(tiny_sets):
+    """make(*extra, max_steps) -> tiny_sets on CPU whatever the machine has, 20 steps by default:
+    for the scaling and fault-tolerance tests (gloo processes, kills, resumes)."""
+
+    def make(*extra: str, max_steps: int = 20) -> list[str]:
+        return tiny_sets("trainer.accelerator=cpu", *extra, max_steps=max_steps)
+
+    return make
+
+
+@pytest.fixture
 def tiny_args(tiny_sets):
     """make(*extra, max_steps) -> CLI arguments after `train`: the recipe and its --set pairs."""
 

@@ -37,11 +37,12 @@ from lightning.pytorch.loggers import Logger
 from torch import nn
 
 from keelctl.errors import KeelError
-from keelctl.grad_profile import GradLine, grad_flow_figure, theory_gain, theory_label
+from keelctl.figures import GradLine, grad_flow_figure
 from keelctl.model import ModelConfig
+from keelctl.model.grad_theory import theory_gain, theory_label
 from keelctl.runs import GRADS_COLUMNS
 from keelctl.train.loggers import log_figure, log_tracker_metrics, shows_images
-from keelctl.train.scale import is_sharded, local_grad
+from keelctl.train.parallel import is_sharded, local_grad
 
 
 class StreamGradProbe:

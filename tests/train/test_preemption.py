@@ -13,7 +13,7 @@ import time
 import lightning as L
 import pytest
 import torch
-from scale_helpers import (
+from child_runs import (
     CHILD_ENV,
     ROOT,
     TINY_KEEL,
@@ -51,9 +51,11 @@ class SignalAt(L.Callback):
 
 
 @pytest.mark.parametrize("signum,step", [(signal.SIGTERM, 13), (signal.SIGUSR1, 20)])
-def test_a_signal_stops_after_the_step_and_auto_resume_is_exact(tiny, tmp_path, signum, step):
+def test_a_signal_stops_after_the_step_and_auto_resume_is_exact(
+    cpu_tiny_sets, tmp_path, signum, step
+):
     """Step 13: an ordinary step; step 20: a validation step (last.ckpt follows validation)."""
-    recipe = load_recipe(TINY_KEEL, tiny(max_steps=30))
+    recipe = load_recipe(TINY_KEEL, cpu_tiny_sets(max_steps=30))
     run = tmp_path / "run"
     stopper = SignalAt(step, signum)
     stopped = train(recipe, run, resume="auto", progress_bar=False, callbacks=[stopper])
@@ -72,10 +74,12 @@ def test_a_signal_stops_after_the_step_and_auto_resume_is_exact(tiny, tmp_path, 
     assert grads(run) == grads(tmp_path / "straight")
 
 
-def test_sigterm_to_the_cli_at_a_random_moment_then_the_same_command_finishes(tiny, tmp_path):
+def test_sigterm_to_the_cli_at_a_random_moment_then_the_same_command_finishes(
+    cpu_tiny_sets, tmp_path
+):
     # 300 steps take 3 s or more even on a fast idle machine (about 10-50 ms a step), so a
     # signal within 0.5 s of step 0 always lands while the run is training.
-    sets = tiny(max_steps=300)
+    sets = cpu_tiny_sets(max_steps=300)
     run = tmp_path / "run"
     command = keelctl_command("train", TINY_KEEL, *set_args(sets), "--run-dir", run, "--resume")
     command.append("auto")
@@ -103,12 +107,14 @@ def test_sigterm_to_the_cli_at_a_random_moment_then_the_same_command_finishes(ti
     assert json.loads((run / "summary.json").read_text())["resumed_from_step"] == summary["steps"]
 
 
-def test_checkpoints_by_time_and_the_last_k_kept(tiny, tmp_path):
+def test_checkpoints_by_time_and_the_last_k_kept(cpu_tiny_sets, tmp_path):
     """checkpoint_every_minutes tiny enough to save after every step: last.ckpt follows the
     steps between validations, and keep_checkpoints 3 keeps the 3 newest step files."""
     recipe = load_recipe(
         TINY_KEEL,
-        tiny("trainer.checkpoint_every_minutes=1e-9", "trainer.keep_checkpoints=3", max_steps=14),
+        cpu_tiny_sets(
+            "trainer.checkpoint_every_minutes=1e-9", "trainer.keep_checkpoints=3", max_steps=14
+        ),
     )
 
     class Watch(L.Callback):
@@ -126,12 +132,14 @@ def test_checkpoints_by_time_and_the_last_k_kept(tiny, tmp_path):
     assert ckpt_step(tmp_path / "run" / "checkpoints" / names[-1]) == 14
 
 
-def test_resume_auto_refuses_another_recipes_run_and_a_truncated_checkpoint(tiny, tmp_path):
-    recipe = load_recipe(TINY_KEEL, tiny(max_steps=10))
+def test_resume_auto_refuses_another_recipes_run_and_a_truncated_checkpoint(
+    cpu_tiny_sets, tmp_path
+):
+    recipe = load_recipe(TINY_KEEL, cpu_tiny_sets(max_steps=10))
     run = tmp_path / "run"
     (run).mkdir()
     (run / "config.yaml").write_text(
-        load_recipe(TINY_KEEL, tiny("optim.lr=0.1", max_steps=10)).model_dump_json()
+        load_recipe(TINY_KEEL, cpu_tiny_sets("optim.lr=0.1", max_steps=10)).model_dump_json()
     )
     with pytest.raises(KeelError, match="holds another recipe's run .* differs in optim.lr"):
         train(recipe, run, resume="auto", progress_bar=False)
@@ -173,7 +181,7 @@ def test_under_slurm_sigusr1_requeues_the_job_and_sigterm_does_not(tmp_path, mon
     assert isinstance(plugin, SLURMEnvironment) and not plugin.auto_requeue
 
 
-def test_a_signal_during_the_final_export_waits_for_it(tiny, tmp_path, monkeypatch):
+def test_a_signal_during_the_final_export_waits_for_it(cpu_tiny_sets, tmp_path, monkeypatch):
     """A run killed while exporting could not be resumed (its checkpoint is at max_steps)."""
     from keelctl.runs import Run
 
@@ -183,6 +191,8 @@ def test_a_signal_during_the_final_export_waits_for_it(tiny, tmp_path, monkeypat
 
     save_model = Run.save_model
     monkeypatch.setattr(Run, "save_model", save_model_signalled)
-    summary = train(load_recipe(TINY_KEEL, tiny(max_steps=3)), tmp_path / "run", progress_bar=False)
+    summary = train(
+        load_recipe(TINY_KEEL, cpu_tiny_sets(max_steps=3)), tmp_path / "run", progress_bar=False
+    )
     assert summary["status"] == "finished" and (tmp_path / "run" / "model.safetensors").is_file()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

@@ -1,5 +1,6 @@
-"""Helpers for tests/scale: tiny runs in `python -m keelctl` subprocesses (one torch thread
-each) and their records side by side."""
+"""Helpers for the scaling and fault-tolerance tests (test_distributed, test_preemption, ...):
+tiny runs in `python -m keelctl` subprocesses (one torch thread each) and their records side by
+side."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ import math
 import lightning as L
 import pytest
 import torch
-from scale_helpers import TINY_KEEL, metrics
+from child_runs import TINY_KEEL, metrics
 
 from keelctl.config import load_recipe
 from keelctl.errors import KeelError
@@ -42,8 +42,10 @@ def rows_with(run, column):
         return [r for r in csv.DictReader(f) if r.get(column)]
 
 
-def test_a_spike_rolls_back_to_the_last_checkpoint_with_half_the_lr(tiny, tmp_path, caplog):
-    recipe = load_recipe(TINY_KEEL, tiny(*ROLLBACK, max_steps=30))
+def test_a_spike_rolls_back_to_the_last_checkpoint_with_half_the_lr(
+    cpu_tiny_sets, tmp_path, caplog
+):
+    recipe = load_recipe(TINY_KEEL, cpu_tiny_sets(*ROLLBACK, max_steps=30))
     run, reference = tmp_path / "run", tmp_path / "reference"
     train(recipe, reference, progress_bar=False)
     with caplog.at_level(logging.WARNING, logger="keelctl.train.fit"):
@@ -73,8 +75,8 @@ def test_a_spike_rolls_back_to_the_last_checkpoint_with_half_the_lr(tiny, tmp_pa
     assert len(json.loads((run / "summary.json").read_text())["rollbacks"]) == 1
 
 
-def test_spikes_beyond_max_rollbacks_stop_the_run(tiny, tmp_path):
-    sets = tiny(*ROLLBACK, "trainer.spike_rollback.max_rollbacks=2", max_steps=30)
+def test_spikes_beyond_max_rollbacks_stop_the_run(cpu_tiny_sets, tmp_path):
+    sets = cpu_tiny_sets(*ROLLBACK, "trainer.spike_rollback.max_rollbacks=2", max_steps=30)
     run = tmp_path / "run"
     with pytest.raises(KeelError, match=r"at step 14 .*after 2 rollbacks .*max_rollbacks"):
         train(load_recipe(TINY_KEEL, sets), run, progress_bar=False,
@@ -84,21 +86,21 @@ def test_spikes_beyond_max_rollbacks_stop_the_run(tiny, tmp_path):
     assert [r["step"] for r in rows_with(run, "rollback")] == ["14", "14"]
 
 
-def test_a_nan_loss_rolls_back_too(tiny, tmp_path):
-    sets = tiny(*ROLLBACK, max_steps=20)
+def test_a_nan_loss_rolls_back_too(cpu_tiny_sets, tmp_path):
+    sets = cpu_tiny_sets(*ROLLBACK, max_steps=20)
     summary = train(load_recipe(TINY_KEEL, sets), tmp_path / "run", progress_bar=False,
                     callbacks=[BlowUpHead(12, factor=math.nan)])  # fmt: skip
     assert summary["status"] == "finished" and summary["rollbacks"][0]["step"] == 12
     assert summary["rollbacks"][0]["loss"] == "nan"
 
 
-def test_a_spike_before_the_first_checkpoint_stops_the_run(tiny, tmp_path):
+def test_a_spike_before_the_first_checkpoint_stops_the_run(cpu_tiny_sets, tmp_path):
     with pytest.raises(KeelError, match="before the first checkpoint .nothing to roll back to"):
-        train(load_recipe(TINY_KEEL, tiny(*ROLLBACK, max_steps=20)), tmp_path / "run",
+        train(load_recipe(TINY_KEEL, cpu_tiny_sets(*ROLLBACK, max_steps=20)), tmp_path / "run",
               progress_bar=False, callbacks=[BlowUpHead(7)])  # fmt: skip
 
 
-def test_spikes_are_not_checked_when_rollback_is_off(tiny, tmp_path):
-    summary = train(load_recipe(TINY_KEEL, tiny(max_steps=20)), tmp_path / "run",
+def test_spikes_are_not_checked_when_rollback_is_off(cpu_tiny_sets, tmp_path):
+    summary = train(load_recipe(TINY_KEEL, cpu_tiny_sets(max_steps=20)), tmp_path / "run",
                     progress_bar=False, callbacks=[BlowUpHead(12)])  # fmt: skip
     assert summary["status"] == "finished" and summary["rollbacks"] == []

@@ -1,11 +1,11 @@
 """Gradient flow through depth: measure fresh models or transformers models (keelctl.sources)
 at their released weights, read RUN/grads.csv, write the figures (the theory and the line
-figure: keelctl/grad_profile.py).
+figure: keelctl/model/grad_theory.py, keelctl/figures.py).
 
 Units: sub-layers (the paper's "layers": one attention or one FFN), index 0 = bottom,
 block = index // 2; a transformers model is measured per block (decoder layer), and a mix is
 drawn on a normalised depth axis. The two numbers per layer are defined in
-keelctl/train/grad_flow.py; the measurement at init uses the same probe as the training
+keelctl/train/grad_recording.py; the measurement at init uses the same probe as the training
 callback, treating K batches as the K micro-batches of one step.
 """
 
@@ -22,11 +22,12 @@ from torch.utils.data import default_collate
 from keelctl.atomic import atomic_path, atomic_write_json
 from keelctl.config import RecipeConfig, load_recipe
 from keelctl.errors import KeelError
-from keelctl.grad_profile import GRAD_DPI, GradLine, grad_flow_figure, theory_gain, theory_label
+from keelctl.figures import GRAD_DPI, GradLine, grad_flow_figure
 from keelctl.model import ModelConfig, Transformer, build_model
+from keelctl.model.grad_theory import theory_gain, theory_label
 from keelctl.model.loss import next_token_loss
 from keelctl.runs import GRADS_CSV, Run
-from keelctl.train.grad_flow import StreamGradProbe, param_grad_squares
+from keelctl.train.grad_recording import StreamGradProbe, param_grad_squares
 
 
 @dataclass

@@ -1,21 +1,17 @@
-"""The per-sub-layer gradient profile: its skip-path theory and its figure, shared by
-`keelctl plot-grads` (analysis/) and the live view in the trackers during training (train/).
-
-Figures use the Agg canvas directly, never pyplot: no display or global backend state, nothing
-to close; the caller picks the file name (fig.savefig) or the tracker.
+"""Figures on an Agg canvas, never pyplot: no display or global backend state, nothing to close;
+the caller picks the file name (fig.savefig) or the tracker. Holds `new_figure`, which every
+figure starts from, and the gradient-flow line figure, drawn both live in the trackers during
+training (train/) and by `keelctl plot-grads` (analysis/); train/ must not import analysis/, so
+it lives here, below both.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-
-from keelctl.model import ModelConfig
-from keelctl.model.residual import Rule, sublayer_rules
 
 if TYPE_CHECKING:  # matplotlib loads only when a figure is made (not on the train path)
     from matplotlib.figure import Figure
@@ -31,42 +27,7 @@ def new_figure(width: float = 7.0, height: float = 4.2) -> Figure:
     return fig
 
 
-# ---- theory -------------------------------------------------------------------------------
-
-
-def skip_gain(rule: Rule) -> float:
-    """Gain of one sub-layer's skip path when |F(x)| ~ |x| and F is orthogonal to x:
-    LN_out(alpha*x + F) divides by |alpha*x + F| ~ sqrt(alpha^2 + 1)|x|, so the skip passes
-    alpha/sqrt(alpha^2 + 1) (Post-LN: 1/sqrt(2)); without an outer norm it passes 1 (Pre-LN, and
-    Peri-LN and LayerNorm Scaling, whose norms and scale sit on the branch alone)."""
-    return rule.alpha / math.sqrt(rule.alpha**2 + 1) if rule.norm_out else 1.0
-
-
-def theory_gain(cfg: ModelConfig) -> np.ndarray:
-    """(L,) skip-path gain from the top of the stack down to the input of sub-layer l: the
-    product of skip_gain over sub-layers l..L-1. Post-LN 2^(-(L-l)/2); Keel
-    (alpha/sqrt(alpha^2+1))^(L-l) above its first block; DeepNorm the same with its a; Pre-LN,
-    Peri-LN, LNS 1."""
-    gains = np.array([skip_gain(rule) for rule in sublayer_rules(cfg)])
-    return np.cumprod(gains[::-1])[::-1]
-
-
-def theory_label(cfg: ModelConfig) -> str:
-    L = cfg.n_sublayers
-    formula = {
-        "pre_ln": "1",
-        "post_ln": "2^(-(L-l)/2)",
-        "keel": f"(α/√(α²+1))^(L-l), α={cfg.keel_alpha:g}",
-        "deepnorm": "(a/√(a²+1))^(L-l), a=(2N)^¼=" + f"{sublayer_rules(cfg)[0].alpha:.3g}",
-        "mix_ln": "2^(-1/2) per Post-LN sub-layer",
-        "hybridnorm": "2^(-1/2) per attention sub-layer (its outer norm)",
-        "peri_ln": "1 (identity skip; LN_F only bounds each update)",
-        "lns": "1 (identity skip; 1/√b scales the branch input only)",
-    }[cfg.residual]
-    return f"theory {cfg.residual} L={L}: {formula}"
-
-
-# ---- the figure ----------------------------------------------------------------------------
+# ---- gradient flow ---------------------------------------------------------------------------
 
 # Gradient-flow figures are GRAD_FIGSIZE inches saved at GRAD_DPI: 1200 x 450 pixels.
 GRAD_FIGSIZE = (12.0, 4.5)

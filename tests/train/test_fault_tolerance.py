@@ -10,7 +10,7 @@ import time
 import lightning as L
 import pytest
 import torch
-from scale_helpers import (
+from child_runs import (
     CHILD_ENV,
     ROOT,
     TINY_KEEL,
@@ -24,15 +24,15 @@ from scale_helpers import (
 from keelctl.config import load_recipe
 from keelctl.errors import KeelError
 from keelctl.train import train
-from keelctl.train.scale import AtomicCheckpointIO
+from keelctl.train.checkpoint_io import AtomicCheckpointIO
 
 
 def checkpoint_step(path) -> int:
     return torch.load(path, weights_only=True)["global_step"] if path.is_file() else -1
 
 
-def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_losses(tiny, tmp_path):
-    sets = tiny(max_steps=60)
+def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_losses(cpu_tiny_sets, tmp_path):
+    sets = cpu_tiny_sets(max_steps=60)
     run, ckpt = tmp_path / "killed", tmp_path / "killed" / "checkpoints" / "last.ckpt"
     with open(tmp_path / "stderr.txt", "w") as stderr:
         child = subprocess.Popen(
@@ -89,8 +89,8 @@ class PoisonSecondSave(L.Callback):
             checkpoint["unpicklable"] = lambda: None
 
 
-def test_a_failed_save_keeps_the_previous_checkpoint_and_resume_cleans_up(tiny, tmp_path):
-    recipe = load_recipe(TINY_KEEL, tiny(max_steps=30))
+def test_a_failed_save_keeps_the_previous_checkpoint_and_resume_cleans_up(cpu_tiny_sets, tmp_path):
+    recipe = load_recipe(TINY_KEEL, cpu_tiny_sets(max_steps=30))
     run = tmp_path / "run"
     with pytest.raises(Exception, match="pickle"):
         train(recipe, run, progress_bar=False, callbacks=[PoisonSecondSave()])
@@ -103,14 +103,14 @@ def test_a_failed_save_keeps_the_previous_checkpoint_and_resume_cleans_up(tiny, 
     assert sorted(p.name for p in ckpt_dir.iterdir()) == ["best.ckpt", "last.ckpt"]
 
 
-def test_checkpoints_never_unpickle_code(tiny, tmp_path, trained_run_dir):
+def test_checkpoints_never_unpickle_code(cpu_tiny_sets, tmp_path, trained_run_dir):
     """A checkpoint holding a pickled callable is refused, by resume and by the checkpoint IO."""
     ckpt = torch.load(trained_run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     ckpt["payload"] = print  # any global a weights_only load does not allow
     evil = tmp_path / "run" / "checkpoints" / "last.ckpt"
     evil.parent.mkdir(parents=True)
     torch.save(ckpt, evil)
-    recipe = load_recipe(TINY_KEEL, tiny(max_steps=60))
+    recipe = load_recipe(TINY_KEEL, cpu_tiny_sets(max_steps=60))
     with pytest.raises(KeelError, match="could run code; keelctl does not load it"):
         train(recipe, tmp_path / "run", resume=True, progress_bar=False)
     with pytest.raises(Exception, match="Weights only load failed"):

@@ -20,8 +20,7 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
-from scale_helpers import (
+from child_runs import (
     TINY_KEEL,
     grads,
     keelctl_command,
@@ -31,6 +30,7 @@ from scale_helpers import (
     run_child,
     set_args,
 )
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from keelctl.cli import app

@@ -4,7 +4,7 @@ anything else that moves the data position or the model is refused."""
 from __future__ import annotations
 
 import pytest
-from scale_helpers import TINY_KEEL, max_abs_diff, metrics
+from child_runs import TINY_KEEL, max_abs_diff, metrics
 
 from keelctl.config import load_recipe
 from keelctl.data import prepare_tokens
@@ -13,13 +13,13 @@ from keelctl.train import train
 from keelctl.train.datamodule import TokenDataModule
 
 
-def test_resume_with_the_global_batch_split_into_micro_batches(stop_after, tiny, tmp_path):
+def test_resume_with_the_global_batch_split_into_micro_batches(stop_after, cpu_tiny_sets, tmp_path):
     """4 sequences a step as one batch, then (after step 20) as 2 micro-batches of 2: the same
     samples in the same steps, so the losses agree up to summation order (measured < 1e-6)."""
-    first = load_recipe(TINY_KEEL, tiny(max_steps=40))
+    first = load_recipe(TINY_KEEL, cpu_tiny_sets(max_steps=40))
     train(first, tmp_path / "straight", progress_bar=False)
     train(first, tmp_path / "run", progress_bar=False, callbacks=[stop_after(20)])
-    split = tiny("data.batch_size=2", "trainer.accumulate_grad_batches=2", max_steps=40)
+    split = cpu_tiny_sets("data.batch_size=2", "trainer.accumulate_grad_batches=2", max_steps=40)
     train(load_recipe(TINY_KEEL, split), tmp_path / "run", resume=True, progress_bar=False)
     # train_loss is the last micro-batch's after the split, so compare the full-batch numbers.
     columns = ["val_loss", "lr", "tokens"]
@@ -36,16 +36,22 @@ def test_resume_with_the_global_batch_split_into_micro_batches(stop_after, tiny,
         (["trainer.strategy=ddp", "trainer.devices=2"], "trainer.devices"),  # 8 sequences a step
     ],
 )
-def test_resume_refuses_a_different_global_batch(stop_after, change, refused, tiny, tmp_path):
-    recipe = load_recipe(TINY_KEEL, tiny(max_steps=20))
+def test_resume_refuses_a_different_global_batch(
+    stop_after, change, refused, cpu_tiny_sets, tmp_path
+):
+    recipe = load_recipe(TINY_KEEL, cpu_tiny_sets(max_steps=20))
     train(recipe, tmp_path / "run", progress_bar=False, callbacks=[stop_after(10)])
     with pytest.raises(KeelError, match=f"differs from the checkpoint's in .*{refused}"):
-        train(load_recipe(TINY_KEEL, tiny(*change, max_steps=20)), tmp_path / "run", resume=True)
+        train(
+            load_recipe(TINY_KEEL, cpu_tiny_sets(*change, max_steps=20)),
+            tmp_path / "run",
+            resume=True,
+        )
 
 
-def test_non_zero_ranks_read_the_corpus_after_lightnings_prepare_data(tiny, tmp_path):
+def test_non_zero_ranks_read_the_corpus_after_lightnings_prepare_data(cpu_tiny_sets, tmp_path):
     """Without data (a torchrun rank other than 0), prepare_data tokenizes and setup reads."""
-    recipe = load_recipe(TINY_KEEL, tiny())
+    recipe = load_recipe(TINY_KEEL, cpu_tiny_sets())
     calls = []
 
     def prepare():

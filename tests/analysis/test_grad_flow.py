@@ -1,11 +1,11 @@
-"""Gradient flow: the probe and the callback against plain autograd, the theory, the command."""
+"""Gradient flow: the probe and the callback against plain autograd, grads.csv, the command
+(the theory: tests/model/test_grad_theory.py)."""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
-import typing
 
 import lightning as L
 import pytest
@@ -15,16 +15,14 @@ from matplotlib.image import imread
 from torch.utils.data import DataLoader, TensorDataset
 from typer.testing import CliRunner
 
-from keelctl.analysis import gradflow
+from keelctl.analysis import grad_flow
 from keelctl.atomic import atomic_write_text
 from keelctl.cli import app
 from keelctl.config import RecipeConfig, dump_recipe
 from keelctl.model import ModelConfig, build_model
 from keelctl.model.checkpointing import apply_activation_checkpointing
-from keelctl.model.config import Residual
-from keelctl.model.residual import deepnorm_alpha
 from keelctl.runs import CONFIG_YAML, GRADS_CSV
-from keelctl.train.grad_flow import GRADS_COLUMNS, GradFlowCallback, append_grads_csv
+from keelctl.train.grad_recording import GRADS_COLUMNS, GradFlowCallback, append_grads_csv
 
 SMALL = dict(vocab_size=257, d_model=32, n_heads=4, n_kv_heads=2, n_blocks=3, max_seq_len=32)
 PNG_SHAPE = (450, 1200)  # GRAD_FIGSIZE (12 x 4.5 in) at GRAD_DPI 100
@@ -58,7 +56,7 @@ def test_measurement_equals_autograd_on_the_concatenated_batch(scheme):
     model = build_model(ModelConfig(**SMALL, residual=scheme))
     x, y = tokens(4)
     # Two micro-batches of 2 measure the same step as one batch of 4 (equal-size micro-batches).
-    param, stream = gradflow.measure_grad_flow(model, [(x[:2], y[:2]), (x[2:], y[2:])])
+    param, stream = grad_flow.measure_grad_flow(model, [(x[:2], y[:2]), (x[2:], y[2:])])
     want_param, want_stream = direct_norms(model, x, y)
     assert param == pytest.approx(want_param, rel=1e-4)
     assert stream == pytest.approx(want_stream, rel=1e-4)
@@ -71,7 +69,7 @@ def test_measurement_under_activation_checkpointing_counts_each_input_once():
     x, y = tokens(2)
     want = direct_norms(model, x, y)
     apply_activation_checkpointing(model)  # recomputes sub-layer inputs during backward
-    got = gradflow.measure_grad_flow(model, [(x, y)])
+    got = grad_flow.measure_grad_flow(model, [(x, y)])
     assert got[0] == pytest.approx(want[0], rel=1e-4)
     assert got[1] == pytest.approx(want[1], rel=1e-4)
 
@@ -140,31 +138,9 @@ def test_callback_records_accumulated_unclipped_gradients_and_appends(tmp_path):
     assert sum(r == list(GRADS_COLUMNS) for r in rows) == 1
     assert [r[0] for r in rows[1::6]] == ["0", "1", "0", "3", "4"]
     write_config(tmp_path, cfg)
-    history = gradflow.read_grads(tmp_path)
+    history = grad_flow.read_grads(tmp_path)
     assert history.steps == [0, 1, 3, 4]  # step 0 twice: the later rows win
     assert history.stream_grad_norm.shape == (4, 6)
-
-
-def test_theory_matches_closed_forms():
-    L_ = 8
-    k = torch.arange(L_, 0, -1).double().numpy()  # L - l for l = 0..L-1
-    cfg = ModelConfig(**{**SMALL, "n_blocks": 4})
-    post = gradflow.theory_gain(cfg.model_copy(update={"residual": "post_ln"}))
-    assert post == pytest.approx(2.0 ** (-k / 2))
-    pre = gradflow.theory_gain(cfg.model_copy(update={"residual": "pre_ln"}))
-    assert pre == pytest.approx([1.0] * L_)
-    a = deepnorm_alpha(4)
-    deep = gradflow.theory_gain(cfg.model_copy(update={"residual": "deepnorm"}))
-    assert deep == pytest.approx((a / math.sqrt(a**2 + 1)) ** k)
-    g = L_ / math.sqrt(L_**2 + 1)
-    keel = gradflow.theory_gain(
-        cfg.model_copy(update={"residual": "keel", "keel_first_block": "none"})
-    )
-    assert keel == pytest.approx(g**k)
-    # v2 first block: sub-layer 1 has alpha = 1 (gain 1/sqrt 2), sub-layer 0 is Pre-LN (gain 1).
-    v2 = gradflow.theory_gain(cfg.model_copy(update={"residual": "keel"}))
-    assert v2[2:] == pytest.approx(g ** k[2:])
-    assert v2[1] == pytest.approx(v2[2] / math.sqrt(2)) and v2[0] == pytest.approx(v2[1])
 
 
 def write_config(run, cfg):
@@ -217,7 +193,7 @@ def test_plot_grads_on_runs_writes_pngs_and_json(tmp_path):
     assert first["bottom_top_ratio"] == 32
     assert runs[1]["param_grad_norm"] == [pytest.approx(2.1)] * 6
     assert "run-keel" in result.output and "32" in result.output
-    assert [h.name for h in gradflow.read_runs([keel, keel])] == ["run-keel", "run-keel-2"]
+    assert [h.name for h in grad_flow.read_runs([keel, keel])] == ["run-keel", "run-keel-2"]
 
 
 def test_plot_grads_at_init_end_to_end(tmp_path, tiny_corpus):
@@ -262,7 +238,7 @@ def test_plot_grads_at_init_end_to_end(tmp_path, tiny_corpus):
     recipe = load_recipe(recipes[0], ["data.batch_size=2"])
     torch.manual_seed(recipe.seed)
     model = build_model(recipe.model)
-    (x1, y1), (x2, y2) = gradflow.recipe_batches(recipe, 2)
+    (x1, y1), (x2, y2) = grad_flow.recipe_batches(recipe, 2)
     param, stream = direct_norms(model, torch.cat([x1, x2]), torch.cat([y1, y2]))
     assert runs[0]["param_grad_norm"] == pytest.approx(param, rel=1e-4)
     assert runs[0]["stream_grad_norm"] == pytest.approx(stream, rel=1e-4)
@@ -289,12 +265,3 @@ def test_plot_grads_errors_are_one_line(tmp_path, model_run_dir, args, message):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
     assert "Traceback" not in result.output
-
-
-@pytest.mark.parametrize("scheme", typing.get_args(Residual))
-def test_every_scheme_has_a_theory_curve_and_label(scheme):
-    from keelctl.grad_profile import theory_gain, theory_label
-
-    cfg = ModelConfig(residual=scheme, n_blocks=4, d_model=16, n_heads=2, vocab_size=257)
-    assert theory_gain(cfg).shape == (8,)
-    assert theory_label(cfg).startswith(f"theory {scheme} L=8: ")
