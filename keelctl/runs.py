@@ -21,6 +21,7 @@ import csv
 import hashlib
 import json
 import os
+import pickle
 import re
 from functools import cached_property
 from pathlib import Path
@@ -38,7 +39,7 @@ from keelctl.config import (
     load_recipe,
 )
 from keelctl.data.tokenizers import Tokenizer, tokenizer_from_dict
-from keelctl.errors import KeelError
+from keelctl.errors import KeelError, first_line
 from keelctl.model import ModelConfig, Transformer, build_model
 
 MODEL_JSON = "model.json"
@@ -92,6 +93,23 @@ def heldout_data(run_data: DataConfig | None, data: str | None, unknown: str) ->
     if run_data is None:
         raise KeelError(f"{unknown}; pass --data SPEC")
     return run_data
+
+
+def read_checkpoint_file(path: Path) -> dict:
+    """A Lightning .ckpt file, memory-mapped (cheap for big ones) and without unpickling code
+    (weights_only: tensors and plain data only)."""
+    try:
+        return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except pickle.UnpicklingError:  # what weights_only refuses: code, or objects of any class
+        raise KeelError(
+            f"checkpoint {path} holds Python objects beyond tensors and plain data, which could "
+            "run code; keelctl does not load it: use only checkpoints that keelctl wrote"
+        ) from None
+    except Exception as e:  # torch raises many types for truncated or foreign files
+        raise KeelError(
+            f"cannot read checkpoint {path} ({first_line(e)}); "
+            "it may be truncated or not a keelctl checkpoint"
+        ) from None
 
 
 class Run:

@@ -16,12 +16,12 @@ from pathlib import Path
 import torch
 
 from keelctl.atomic import atomic_path
-from keelctl.errors import KeelError
+from keelctl.errors import KeelError, first_line
 from keelctl.eval.device import resolve_device
 from keelctl.eval.perplexity import token_perplexity
 from keelctl.eval.runner import check_output, heldout_documents, heldout_spec, write_report
 from keelctl.model import build_model
-from keelctl.runs import CHECKPOINTS, SUMMARY_JSON, Run
+from keelctl.runs import CHECKPOINTS, SUMMARY_JSON, Run, read_checkpoint_file
 
 TOKENIZER_KEY = "keelctl_tokenizer"  # keelctl.train.module.TOKENIZER_KEY
 
@@ -62,18 +62,17 @@ def load_checkpoint(path: Path, device: torch.device):
     from keelctl.config import RecipeConfig
     from keelctl.data import tokenizer_from_dict
 
+    ckpt = read_checkpoint_file(path)
     try:
-        ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
         recipe = RecipeConfig(**ckpt["hyper_parameters"]["recipe"])
         tokenizer = tokenizer_from_dict(ckpt[TOKENIZER_KEY])
         weights = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
         model = build_model(recipe.model)
         model.load_state_dict(weights, strict=True)
-    except Exception as e:  # torch and pydantic raise many types for a foreign or cut file
-        reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}" if str(e) else repr(e)
+    except Exception as e:  # pydantic and torch raise many types for another tool's checkpoint
         raise KeelError(
-            f"cannot read checkpoint {path} ({reason}); it may be truncated or not a keelctl "
-            "training checkpoint"
+            f"{path} is not a keelctl training checkpoint ({first_line(e)}); evaluate the step "
+            "checkpoints that `keelctl train` kept"
         ) from None
     return model.to(device).eval(), tokenizer
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from keelctl.repro import records
 from keelctl.repro.plan import RunSpec
 from keelctl.repro.scales import Scale
+from keelctl.runs import Run
 
 # lm-eval keel_nextline: tokens scored per document (3 choices of a short line), generous
 _TASK_TOKENS_PER_DOC = 3 * 160
@@ -67,7 +68,7 @@ def recorded_rate(out: Path, specs: Sequence[RunSpec]) -> tuple[float, int] | No
         record = records.record_dir(out, spec.name)
         if not records.has(record):
             continue
-        summary = records.summary(record)
+        summary = Run(record).summary()
         if summary.get("resumed_from_step") is None and summary.get("steps", 0) > 0:
             rates.append(summary["wall_time_s"] / (summary["steps"] * spec.depth))
     return (statistics.median(rates), len(rates)) if rates else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from keelctl.analysis.plots import new_figure
+from keelctl.figures import new_figure
 from keelctl.repro.plan import Outcome
 from keelctl.repro.readings import by
 from keelctl.repro.verdicts import mean_std

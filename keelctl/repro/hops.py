@@ -132,7 +132,7 @@ def analyse_hops(ctx: Context, outcomes: list[Outcome], report: Report, progress
 
 def hops_figure(acc: dict, depths):
     """One panel per hop count: accuracy against depth, a line per scheme, chance dashed."""
-    from keelctl.analysis.plots import new_figure
+    from keelctl.figures import new_figure
 
     fig = new_figure(3.2 * len(HOPS), 3.6)
     axes = fig.subplots(1, len(HOPS), sharey=True)

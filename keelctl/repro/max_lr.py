@@ -14,7 +14,7 @@ import math
 
 from matplotlib.ticker import NullFormatter
 
-from keelctl.analysis.plots import new_figure
+from keelctl.figures import new_figure
 from keelctl.repro.callbacks import StopWhenDiverged
 from keelctl.repro.context import Context, Protocol, ramp_spec
 from keelctl.repro.divergence import smoothed

@@ -257,7 +257,7 @@ def complete(
     records.save_training(spec.run_dir, record)
     for name, measure in measures.items():
         if not (record / f"{name}.json").is_file():
-            records.save_measure(record, name, measure(spec))
+            Run(record).save_measure(name, measure(spec))
     return how
 
 
@@ -323,7 +323,7 @@ def execute(
             had[spec.run_dir] = (records.record_dir(out, spec.name), how)
             progress.report(f"finished {spec.name}", base + spec.recipe.trainer.max_steps)
     outcomes = [
-        Outcome(s, had[s.run_dir][0], records.summary(had[s.run_dir][0]), had[s.run_dir][1])
+        Outcome(s, had[s.run_dir][0], Run(had[s.run_dir][0]).summary(), had[s.run_dir][1])
         for s in specs
         if s.run_dir in had
     ]

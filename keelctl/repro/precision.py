@@ -23,7 +23,7 @@ the same seed, higher = a larger cost). Differences under TIE nats/token are tie
 
 from __future__ import annotations
 
-from keelctl.analysis.plots import new_figure
+from keelctl.figures import new_figure
 from keelctl.repro.context import Context, Protocol, label, set_flags, train_spec
 from keelctl.repro.figures import variant_loss_figure
 from keelctl.repro.paper import PAPER_PRECISION

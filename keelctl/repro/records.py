@@ -143,15 +143,3 @@ def adopt(out: Path, name: str, measures: tuple[str, ...]) -> Path | None:
             if not Run(own).has_measure(m) and Run(sibling).has_measure(m):
                 _copy(sibling / f"{m}.json", own / f"{m}.json")
     return own if has(own, measures) else None
-
-
-def save_measure(record: Path, measure: str, data: dict) -> None:
-    Run(record).save_measure(measure, data)
-
-
-def load_measure(record: Path, measure: str) -> dict:
-    return Run(record).measure(measure)
-
-
-def summary(record: Path) -> dict:
-    return Run(record).summary()

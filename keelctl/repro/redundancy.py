@@ -33,12 +33,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from keelctl.analysis.plots import new_figure
+from keelctl.figures import new_figure
 from keelctl.repro.context import SCHEMES, Context, Protocol, depth_sweep_specs
 from keelctl.repro.paper import PAPER_REDUNDANCY
 from keelctl.repro.plan import Outcome, Progress
 from keelctl.repro.readings import trained
-from keelctl.repro.records import load_measure
 from keelctl.repro.report import Report, md_table
 from keelctl.repro.verdicts import (
     NO_DATA,
@@ -49,6 +48,7 @@ from keelctl.repro.verdicts import (
     claim,
     fmt_group,
 )
+from keelctl.runs import Run
 
 SHALLOW_TIE = 1e-3
 RHO = 0.3
@@ -139,7 +139,7 @@ class RunRemovals:
     """One run's ablation record, by removal kind."""
 
     def __init__(self, o: Outcome):
-        data = load_measure(o.record, "ablation")
+        data = Run(o.record).measure("ablation")
         self.outcome = o
         self.single = [r["rel_dppl"] for r in data["single"]]
         self.block = [r["rel_dppl"] for r in data["block"]]

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
-from keelctl.analysis.plots import new_figure
+from keelctl.figures import new_figure
 from keelctl.repro.verdicts import NO_DATA, NOT_AT_SCALE, OPPOSITE, REPRODUCED
 
 Cell = tuple[int, int]  # (depth in sub-layers, training steps)

@@ -20,9 +20,9 @@ from keelctl.repro.paper import (
 )
 from keelctl.repro.plan import Outcome, Progress, RunSpec
 from keelctl.repro.readings import TIE, by, final_loss, finite
-from keelctl.repro.records import load_measure
 from keelctl.repro.report import Report, md_table
 from keelctl.repro.verdicts import claim, fmt_group
+from keelctl.runs import Run
 
 # ---- lr-sweep -------------------------------------------------------------------------------
 
@@ -107,7 +107,7 @@ def analyse_lr_sweep(
 
 
 def _eval(o: Outcome) -> dict:
-    return load_measure(o.record, "eval")
+    return Run(o.record).measure("eval")
 
 
 def val_nll(o: Outcome) -> float:

@@ -23,8 +23,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from keelctl.analysis.plots import new_figure
 from keelctl.errors import KeelError
+from keelctl.figures import new_figure
 from keelctl.repro import records
 from keelctl.repro.context import Context, Protocol, sweep_spec
 from keelctl.repro.figures import mean_curves_figure
@@ -85,7 +85,7 @@ def recorded_loss(ctx: Context, s: RunSpec) -> float | None:
     finished run dir; None when neither holds it yet."""
     record = records.find(ctx.out, s.name)
     if record is not None:
-        return final_loss(Outcome(s, record, records.summary(record), "from record"))
+        return final_loss(Outcome(s, record, Run(record).summary(), "from record"))
     if s.finished:
         return final_loss(Outcome(s, s.run_dir, s.summary(), "run dir"))
     return None

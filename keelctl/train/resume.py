@@ -3,7 +3,6 @@ earlier records does a resumed run keep. Layout: docs/runs.md."""
 
 from __future__ import annotations
 
-import pickle
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,9 +13,9 @@ from lightning.pytorch.loggers import CSVLogger
 
 from keelctl.config import RecipeConfig
 from keelctl.data import tokenizer_from_dict
-from keelctl.errors import KeelError
+from keelctl.errors import KeelError, first_line
 from keelctl.model import build_model
-from keelctl.runs import CONFIG_YAML, METRICS_CSV, Run
+from keelctl.runs import CONFIG_YAML, METRICS_CSV, Run, read_checkpoint_file
 from keelctl.train.checkpoint_io import check_checkpoint_layout, read_sharded_checkpoint
 from keelctl.train.module import TOKENIZER_KEY
 
@@ -111,7 +110,7 @@ def resume_state(last_ckpt: Path, recipe: RecipeConfig) -> dict:
         weights = ckpt["state_dict"]
     except (KeyError, TypeError, ValueError) as e:
         raise KeelError(
-            f"{last_ckpt} is not a keelctl training checkpoint ({_first_line(e)}); resume a run "
+            f"{last_ckpt} is not a keelctl training checkpoint ({first_line(e)}); resume a run "
             "dir that `keelctl train` wrote, or train without --resume"
         ) from None
     check_checkpoint_layout(last_ckpt, saved.trainer.strategy, recipe.trainer.strategy)
@@ -169,32 +168,15 @@ def checkpoint_step(path: Path) -> int:
         return int(read_checkpoint(path)["global_step"])
     except (KeyError, TypeError, ValueError) as e:
         raise KeelError(
-            f"{path} is not a keelctl training checkpoint ({_first_line(e)}); delete it and "
+            f"{path} is not a keelctl training checkpoint ({first_line(e)}); delete it and "
             "train again"
         ) from None
 
 
-def _first_line(e: Exception) -> str:
-    return f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-
-
 def read_checkpoint(path: Path) -> dict:
-    """A Lightning checkpoint, memory-mapped (cheap for big ones) and without unpickling code;
-    of a sharded one (a folder), the metadata and the weights' shapes."""
-    if path.is_dir():
-        return read_sharded_checkpoint(path)
-    try:
-        return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except pickle.UnpicklingError:  # what weights_only refuses: code, or objects of any class
-        raise KeelError(
-            f"checkpoint {path} holds Python objects beyond tensors and plain data, which could "
-            "run code; keelctl does not load it: resume only checkpoints that keelctl wrote"
-        ) from None
-    except Exception as e:  # torch raises many types for truncated or foreign files
-        raise KeelError(
-            f"cannot read checkpoint {path} ({_first_line(e)}); "
-            "it may be truncated or not a keelctl checkpoint"
-        ) from None
+    """A checkpoint file (read_checkpoint_file); of a sharded one (a folder, fsdp's last and
+    best), the metadata and the weights' shapes."""
+    return read_sharded_checkpoint(path) if path.is_dir() else read_checkpoint_file(path)
 
 
 def _diff(a: dict, b: dict, prefix: str = "") -> Iterator[str]:

@@ -9,11 +9,13 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from keelctl.cli import app
 from keelctl.config import load_recipe
-from keelctl.eval.checkpoints import evaluate_checkpoints
+from keelctl.errors import KeelError
+from keelctl.eval.checkpoints import evaluate_checkpoints, load_checkpoint
 from keelctl.eval.runner import evaluate_runs
 from keelctl.train import train
 
@@ -95,3 +97,21 @@ def test_bad_requests_fail_in_one_line(two_runs, trained_run_dir, tmp_path):
         assert result.exit_code == 2, result.output
         assert message in result.output and "Traceback" not in result.output
         assert not (tmp_path / "x.json").exists()
+
+
+def test_unreadable_checkpoints_fail_in_one_line(tmp_path):
+    """The checks train's resume makes (read_checkpoint_file), plus a file torch reads that
+    keelctl did not write."""
+    cut, foreign, unsafe = (tmp_path / n for n in ("cut.ckpt", "foreign.ckpt", "unsafe.ckpt"))
+    torch.save({"state_dict": {"w": torch.zeros(64)}}, foreign)
+    cut.write_bytes(foreign.read_bytes()[:100])
+    torch.save({"state_dict": {}, "hook": Path("anything")}, unsafe)  # a class: pickled code
+    cases = {
+        cut: f"cannot read checkpoint {cut} (",
+        foreign: f"{foreign} is not a keelctl training checkpoint (KeyError: 'hyper_parameters')",
+        unsafe: f"checkpoint {unsafe} holds Python objects beyond tensors and plain data",
+    }
+    for path, message in cases.items():
+        with pytest.raises(KeelError) as info:
+            load_checkpoint(path, torch.device("cpu"))
+        assert str(info.value).startswith(message) and "\n" not in str(info.value)
