@@ -59,7 +59,7 @@ def repro(
     ),
 ) -> None:
     """Run one of the paper's protocols: train what is missing, analyse, write OUT/report.md."""
-    from keelctl.repro import make_context, plan_protocol, run_protocol
+    from keelctl.repro import make_context, plan_protocol
 
     out = out or Path("repro") / f"{protocol}-{scale}"
     grid = _lrs(lrs)
@@ -68,6 +68,29 @@ def repro(
     if plan_only:
         _print_plan(ctx, plan_protocol(ctx), jobs, only)
         return
+    report = _run_with_progress(
+        protocol,
+        scale,
+        seeds,
+        out,
+        runs_dir,
+        overrides,
+        jobs=jobs,
+        train=train,
+        depths=only,
+        lrs=grid,
+    )
+    lines = report.read_text().splitlines()
+    console.print(next((line for line in lines if line.startswith("**Verdicts")), ""))
+    console.print(f"report: {report}")
+
+
+def _run_with_progress(
+    protocol: str, scale: str, seeds: int, out: Path, runs_dir: Path | None, overrides, **options
+) -> Path:
+    """run_protocol under a progress bar (transient: the report line is what stays)."""
+    from keelctl.repro import run_protocol
+
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -81,22 +104,9 @@ def repro(
         def on_progress(description: str, done: int, total: int) -> None:
             progress.update(task, description=description, completed=done, total=max(total, 1))
 
-        report = run_protocol(
-            protocol,
-            scale,
-            seeds,
-            out,
-            runs_dir,
-            overrides,
-            on_progress,
-            jobs=jobs,
-            train=train,
-            depths=only,
-            lrs=grid,
+        return run_protocol(
+            protocol, scale, seeds, out, runs_dir, overrides, on_progress, **options
         )
-    lines = report.read_text().splitlines()
-    console.print(next((line for line in lines if line.startswith("**Verdicts")), ""))
-    console.print(f"report: {report}")
 
 
 def _depths(text: str | None) -> list[int] | None:
