@@ -98,3 +98,9 @@ def test_no_lean_step_where_it_would_not_compute_what_the_model_does():
         assert lean_step(model) is None  # bf16 branches, fp32 stream: the model's path
     assert lean_step(model_of(n_blocks=2).to(torch.bfloat16)) is None
     assert lean_step(torch.nn.Linear(2, 2)) is None
+
+
+@pytest.mark.parametrize("residual", ["keel", "pre_ln"])
+def test_lean_step_is_the_model_at_512_sub_layers(residual):
+    """Deep enough that an error compounding over sub-layers would show: 256 blocks."""
+    assert_lean_step_is_the_model(model_of(n_blocks=256, residual=residual), torch.float32)
