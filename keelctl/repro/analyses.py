@@ -17,16 +17,15 @@ on the bound, not dropped as a diverged run's non-finite number.
 
 from __future__ import annotations
 
-from keelctl.repro.context import Context, Protocol, depth_sweep_specs
 from keelctl.repro.figures import series, xy_figure
 from keelctl.repro.paper import PAPER_GRAD_FLOW
-from keelctl.repro.plan import Outcome, Progress, RunSpec
+from keelctl.repro.plan import Context, Outcome, Progress, Protocol, RunSpec, depth_sweep_specs
 from keelctl.repro.readings import (
     FROM,
     GRAD_TIE,
     VANISHED,
-    by,
     grad_level,
+    keel_vs,
     stream_ratio,
     theory_ratio,
     trained,
@@ -67,23 +66,17 @@ def analyse_grad_flow(
         "How far each scheme's stream gradient falls from the top to sub-layer 2 after "
         "training, mean ± std over seeds",
     )
+    said = {"post_ln": PAPER_GRAD_FLOW, "deepnorm": "DeepNorm: about exp(-sqrt(L)/2)"}
     for depth in sc.depths:
         for when, name in ((0, "at init (step 0)"), (1, "after training (last step)")):
-            keel = by(runs, level(when), scheme="keel", depth=depth)
             for base in ("post_ln", "deepnorm"):
-                report.verdicts.append(
-                    claim(
-                        f"{depth} sub-layers, {name}: Keel's stream gradient holds level better "
-                        f"than {base}'s (|log10 ratio|, sub-layer {FROM} / top)",
-                        PAPER_GRAD_FLOW if base == "post_ln" else "DeepNorm: about exp(-sqrt(L)/2)",
-                        keel,
-                        by(runs, level(when), scheme=base, depth=depth),
-                        "lower",
-                        tie=GRAD_TIE,
-                        fmt=".3g",
-                        names=("keel", base),
-                    )
+                keel, other = keel_vs(runs, level(when), base, depth=depth)
+                text = f"{depth} sub-layers, {name}: Keel's stream gradient holds level better "
+                text += f"than {base}'s (|log10 ratio|, sub-layer {FROM} / top)"
+                verdict = claim(
+                    text, said[base], keel, other, "lower", GRAD_TIE, ".3g", ("keel", base)
                 )
+                report.verdicts.append(verdict)
     report.add(*_ratio_table(ctx, runs, curves))
 
 
@@ -121,18 +114,11 @@ def _ratio_table(ctx: Context, runs: list[Outcome], curves: dict) -> tuple[str, 
     for depth in ctx.scale.depths:
         for o in (o for o in runs if o.spec.depth == depth):
             first, last = curves[o.spec.run_dir]
-            rows.append(
-                (
-                    o.spec.name,
-                    o.spec.scheme,
-                    depth,
-                    f"{stream_ratio(first):.3g}",
-                    f"{stream_ratio(last):.3g} (step {last.step})",
-                    f"{theory_ratio(o.spec.recipe.model):.3g}",
-                    f"{first.bottom_top_ratio:.3g}",
-                    f"{last.bottom_top_ratio:.3g}",
-                )
-            )
+            ratios = (stream_ratio(first), stream_ratio(last), theory_ratio(o.spec.recipe.model))
+            ratios += (first.bottom_top_ratio, last.bottom_top_ratio)
+            cells = [f"{r:.3g}" for r in ratios]
+            cells[1] += f" (step {last.step})"
+            rows.append((o.spec.name, o.spec.scheme, depth, *cells))
     return (
         f"Residual-stream gradient ratio, sub-layer {FROM} / top sub-layer (1 = level; "
         "theory: the skip-path gain alone, as if |F(x)| ~ |x|), and plot-grads' "
@@ -141,14 +127,8 @@ def _ratio_table(ctx: Context, runs: list[Outcome], curves: dict) -> tuple[str, 
         "lower bound.",
         md_table(
             (
-                "run",
-                "scheme",
-                "sub-layers",
-                "ratio at init",
-                "ratio after training",
-                "theory",
-                "0/top at init",
-                "0/top after training",
+                "run | scheme | sub-layers | ratio at init | ratio after training | theory | "
+                "0/top at init | 0/top after training"
             ),
             rows,
         ),

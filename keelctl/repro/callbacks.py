@@ -1,24 +1,13 @@
-"""Lightning callbacks `keelctl repro` passes to train(): step progress, and max-lr's early stop
-once the divergence detector's verdict on a run can no longer change."""
+"""The Lightning callback max-lr and scale-map pass to train(): an early stop once the divergence
+detector's verdict on a run can no longer change."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import lightning as L
 
 from keelctl.repro.divergence import DivergenceRules, detect_divergence
-
-
-class StepReporter(L.Callback):
-    """Calls on_step(global_step) after every optimizer step."""
-
-    def __init__(self, on_step: Callable[[int], None]):
-        self.on_step = on_step
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.on_step(trainer.global_step)
 
 
 class StopWhenDiverged(L.Callback):

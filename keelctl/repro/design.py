@@ -18,16 +18,25 @@ Single-seed differences under TIE nats/token are ties.
 
 from __future__ import annotations
 
-from keelctl.repro.context import Context, Protocol, label, set_flags, train_spec
 from keelctl.repro.figures import variant_loss_figure
 from keelctl.repro.paper import PAPER_DESIGN
-from keelctl.repro.plan import Outcome, Progress, RunSpec
+from keelctl.repro.plan import (
+    Context,
+    Outcome,
+    Progress,
+    Protocol,
+    RunSpec,
+    label,
+    set_flags,
+    train_spec,
+)
 from keelctl.repro.readings import (
     FROM,
     TIE,
     diverged,
     final_loss,
     grad_level_after,
+    paired_diff,
     theory_ratio,
     variant_groups,
 )
@@ -60,33 +69,22 @@ def planned(ctx: Context) -> list[tuple[str, RunSpec]]:
     for depth in sc.design_depths:
         for seed in ctx.seeds:  # seed before variant: a sweep cut short leaves whole seeds
             for variant in VARIANTS:
-                name = (
-                    label("keel", depth, sc.lr, seed)
-                    if variant == BASELINE
-                    else f"design-{variant}-L{depth}-s{seed}"
-                )
+                name = f"design-{variant}-L{depth}-s{seed}"
+                if variant == BASELINE:
+                    name = label("keel", depth, sc.lr, seed)
                 keys = model_keys(variant, depth)
                 spec = train_spec(ctx, "keel", depth, seed, sc.lr, sc.steps, name, model=keys)
                 out.append((variant, spec))
     return out
 
 
-def plan_design(ctx: Context) -> list[RunSpec]:
-    return [spec for _, spec in planned(ctx)]
-
-
 def _claim(depth: int, variant: str, keel: list[float], other: list[float]):
     """'Keel as published reaches a lower validation loss than the variant'; the paper is
     silent on a final norm, so that claim is keelctl's default (none) against one."""
+    ours, says = "Keel as published (inner norm, alpha = L, v2 first block)", PAPER_DESIGN[variant]
+    than = VARIANTS[variant][0]
     if variant == "final-norm":
-        ours, says = "Keel without a final norm (keelctl's default)", "unstated"
-        than = "with one"
-    else:
-        ours, says = (
-            "Keel as published (inner norm, alpha = L, v2 first block)",
-            PAPER_DESIGN[variant],
-        )
-        than = VARIANTS[variant][0]
+        ours, says, than = "Keel without a final norm (keelctl's default)", "unstated", "with one"
     text = f"{depth} sub-layers: {ours} reaches a lower validation loss than {than}"
     return claim(text, says, keel, other, "lower", TIE, names=("keel", variant))
 
@@ -101,25 +99,16 @@ def analyse_design(
     losses = {}  # depth -> variant -> final validation losses (one per recorded seed)
     for depth, group in variant_groups(plan, outcomes, lambda spec: spec.depth).items():
         losses[depth] = {v: [final_loss(o) for o in runs] for v, runs in group.items()}
-        keel = {o.spec.seed: final_loss(o) for o in group[BASELINE]}
         rows = []
         for variant, runs in group.items():
-            # same seed, same data order: most of the seed-to-seed noise cancels in the difference
-            paired = [final_loss(o) - keel[o.spec.seed] for o in runs if o.spec.seed in keel]
-            n_diverged = sum(diverged(o) for o in runs)
-            rows.append(
-                (
-                    variant,
-                    set_flags(model_keys(variant, depth)),
-                    f"{len(runs)}/{len(ctx.seeds)}",
-                    fmt_group(losses[depth][variant]),
-                    fmt_group(paired, ".3g") if variant != BASELINE else "",
-                    fmt_group([grad_level_after(o) for o in runs], ".3g"),
-                    f"{theory_ratio(model_of[variant, depth]):.3g}",
-                    f"{n_diverged}/{len(runs)}" if runs else "n/a",
-                    PAPER_DESIGN[variant],
-                )
-            )
+            paired = fmt_group(paired_diff(runs, group[BASELINE]), ".3g")
+            levels = fmt_group([grad_level_after(o) for o in runs], ".3g")
+            n_diverged = f"{sum(diverged(o) for o in runs)}/{len(runs)}" if runs else "n/a"
+            cells = (fmt_group(losses[depth][variant]), paired if variant != BASELINE else "")
+            cells += (levels, f"{theory_ratio(model_of[variant, depth]):.3g}", n_diverged)
+            n = f"{len(runs)}/{len(ctx.seeds)}"
+            keys = set_flags(model_keys(variant, depth))
+            rows.append((variant, keys, n, *cells, PAPER_DESIGN[variant]))
             if variant != BASELINE:
                 report.verdicts.append(
                     _claim(depth, variant, losses[depth][BASELINE], losses[depth][variant])
@@ -133,17 +122,8 @@ def analyse_design(
             f"gradient ratio sub-layer {FROM} / top after training (decades, 0 = level); skip "
             "gain = the paper's alpha/sqrt(alpha^2+1) per sub-layer over the same span.",
             md_table(
-                (
-                    "variant",
-                    "recipe keys",
-                    "n",
-                    "val loss",
-                    "Δ vs keel",
-                    "grad level",
-                    f"skip gain {FROM}/top (theory)",
-                    "diverged",
-                    "what the paper says",
-                ),
+                "variant | recipe keys | n | val loss | Δ vs keel | grad level | "
+                f"skip gain {FROM}/top (theory) | diverged | what the paper says",
                 rows,
             ),
         )
@@ -165,6 +145,6 @@ DESIGN_PROTOCOL = Protocol(
     claim="Each of Keel's choices (inner norm, alpha = L, the v2 first block) matters: Keel as "
     "published trains to a lower validation loss than every variant that drops one of them; "
     "the final norm, which the paper leaves unstated, is tested the same way.",
-    plan=plan_design,
+    plan=lambda ctx: [spec for _, spec in planned(ctx)],
     analyse=analyse_design,
 )

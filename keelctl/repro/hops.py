@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import math
 
-from keelctl.repro.context import SCHEMES, Context, Protocol, train_spec
 from keelctl.repro.paper import PAPER_HOPS
-from keelctl.repro.plan import Outcome, Progress, RunSpec
+from keelctl.repro.plan import SCHEMES, Context, Outcome, Progress, Protocol, RunSpec, train_spec
 from keelctl.repro.readings import final_loss
 from keelctl.repro.report import Report, md_table
 from keelctl.repro.verdicts import claim, fmt_group, mean_std
@@ -39,22 +38,14 @@ def plan_hops(ctx: Context) -> list[RunSpec]:
     sc = ctx.scale
     trainer = dict(eval_every=sc.steps, eval_tasks=list(TASKS), eval_limit=HOPS_LIMIT.get(sc.name))
     data = dict(corpus=CORPUS, max_bytes=20_000_000)
-    return [
-        train_spec(
-            ctx,
-            scheme,
-            depth,
-            seed,
-            sc.lr,
-            sc.steps,
-            f"hops-{scheme}-L{depth}-s{seed}",
-            data=data,
-            trainer=trainer,
-        )
-        for depth in sc.depths
-        for seed in ctx.seeds  # seed before scheme: a sweep cut short leaves complete pairs
-        for scheme in SCHEMES
-    ]
+    sections = dict(data=data, trainer=trainer)
+
+    def spec(scheme: str, depth: int, seed: int) -> RunSpec:
+        name = f"hops-{scheme}-L{depth}-s{seed}"
+        return train_spec(ctx, scheme, depth, seed, sc.lr, sc.steps, name, **sections)
+
+    # seed before scheme: a sweep cut short leaves complete pairs
+    return [spec(k, depth, seed) for depth in sc.depths for seed in ctx.seeds for k in SCHEMES]
 
 
 def hop_accuracy(o: Outcome) -> dict[int, float]:
@@ -99,30 +90,14 @@ def analyse_hops(ctx: Context, outcomes: list[Outcome], report: Report, progress
     deep, shallow = max(sc.depths), min(sc.depths)
     for k in HOPS:
         for depth in sc.depths:
+            text = f"{depth} sub-layers, {k} hop(s): Keel tracks variables more accurately than"
+            keel, pre = acc["keel", depth][k], acc["pre_ln", depth][k]
             report.verdicts.append(
-                claim(
-                    f"{depth} sub-layers, {k} hop(s): Keel tracks variables more accurately "
-                    "than Pre-LN",
-                    PAPER_HOPS,
-                    acc["keel", depth][k],
-                    acc["pre_ln", depth][k],
-                    "higher",
-                    TIE,
-                    ".3f",
-                )
+                claim(f"{text} Pre-LN", PAPER_HOPS, keel, pre, "higher", TIE, ".3f")
             )
-        report.verdicts.append(
-            claim(
-                f"Keel, {k} hop(s): {deep} sub-layers more accurate than {shallow}",
-                PAPER_HOPS,
-                acc["keel", deep][k],
-                acc["keel", shallow][k],
-                "higher",
-                TIE,
-                ".3f",
-                names=(f"L{deep}", f"L{shallow}"),
-            )
-        )
+        text = f"Keel, {k} hop(s): {deep} sub-layers more accurate than {shallow}"
+        a, b, names = acc["keel", deep][k], acc["keel", shallow][k], (f"L{deep}", f"L{shallow}")
+        report.verdicts.append(claim(text, PAPER_HOPS, a, b, "higher", TIE, ".3f", names))
     report.figure(
         hops_figure(acc, sc.depths),
         "hops-accuracy.png",

@@ -16,10 +16,9 @@ from matplotlib.ticker import NullFormatter
 
 from keelctl.figures import new_figure
 from keelctl.repro.callbacks import StopWhenDiverged
-from keelctl.repro.context import Context, Protocol, ramp_spec
 from keelctl.repro.divergence import smoothed
 from keelctl.repro.paper import PAPER_MAX_LR, PAPER_MAX_LR_RAMP
-from keelctl.repro.plan import Outcome, Progress, RunSpec
+from keelctl.repro.plan import Context, Outcome, Progress, Protocol, RunSpec, ramp_spec
 from keelctl.repro.readings import Curve, detect_ramps, read_curve
 from keelctl.repro.report import Report, md_table
 from keelctl.repro.verdicts import claim, fmt_group, mean_std
@@ -144,17 +143,13 @@ def analyse(ctx: Context, outcomes: list[Outcome], report: Report, progress: Pro
         "max-lr.png",
         "Max tolerable LR per scheme and depth, ours beside the paper's Table 1",
     )
-    detail = [
-        (
-            c.spec.name,
-            c.found.step if c.found else "-",
-            c.found.rule if c.found else "none",
-            f"{c.max_lr:.3g}" if c.found else f">= {c.max_lr:.3g}",
-            c.found.detail if c.found else "healthy to the end",
-        )
-        for c in curves
-    ]
-    report.add(md_table(("run", "divergence step", "rule", "max LR", "detail"), detail))
+    rows = []
+    for c in curves:
+        if f := c.found:
+            rows.append((c.spec.name, f.step, f.rule, f"{c.max_lr:.3g}", f.detail))
+        else:  # never diverged: the max LR is at least the ramp's peak
+            rows.append((c.spec.name, "-", "none", f">= {c.max_lr:.3g}", "healthy to the end"))
+    report.add(md_table("run | divergence step | rule | max LR | detail", rows))
     rules = ", ".join(f"{k}={v}" for k, v in sc.divergence.to_dict().items())
     report.section(
         "Divergence rules",
@@ -180,20 +175,13 @@ def _claims(ctx: Context, curves: list[Curve]) -> list:
         near = min(PAPER_MAX_LR, key=lambda d: abs(math.log(d / depth)))
         said = PAPER_MAX_LR[near]
         for base in (*BASELINES, *sc.fix_schemes):
-            out.append(
-                claim(
-                    f"{depth} sub-layers: Keel tolerates a higher LR than {base}",
-                    f"{near} layers: keel {said['keel']:.3g} vs {base} {said[base]:.3g}"
-                    if base in said
-                    else "not in the paper",
-                    _max_lrs(curves, "keel", depth),
-                    _max_lrs(curves, base, depth),
-                    "higher",
-                    tie=sc.max_lr_peak / sc.max_lr_steps,
-                    fmt=".3g",
-                    names=("keel", base),
-                )
-            )
+            text = f"{depth} sub-layers: Keel tolerates a higher LR than {base}"
+            paper = "not in the paper"
+            if base in said:
+                paper = f"{near} layers: keel {said['keel']:.3g} vs {base} {said[base]:.3g}"
+            keel, other = _max_lrs(curves, "keel", depth), _max_lrs(curves, base, depth)
+            tie = sc.max_lr_peak / sc.max_lr_steps
+            out.append(claim(text, paper, keel, other, "higher", tie, ".3g", ("keel", base)))
     return out
 
 

@@ -12,12 +12,14 @@ ablation  `ablate-layers` on the scale's first ablation_tokens validation tokens
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import torch
 
-from keelctl.repro.plan import Measure, RunSpec
+from keelctl.repro.plan import RunSpec
 from keelctl.repro.scales import Scale
 
+Measure = Callable[[RunSpec], dict]  # a measurement that needs the run's weights
 ROW_KEYS = ("layer", "kind", "removed", "rel_dppl", "dppl", "dloss")
 
 

@@ -65,6 +65,11 @@ PAPER_PRECISION = "not measured: the paper does not say; the public implementati
 PAPER_HOPS = "untested there; its largest gains are on multi-step tasks (appendix B)"
 
 
-def paper_scores(table: dict, key, scheme: str) -> str:
+def paper_avg(table: dict, key) -> tuple[str, str, str | None]:
+    """A Table 2 or 3 row at `key`: Keel's and Pre-LN's average score (a report table's two
+    columns, "n/a" where the paper has none) and the two in words (None there)."""
     row = table.get(key)
-    return f"{row[scheme]:g}" if row else "n/a"
+    if not row:
+        return "n/a", "n/a", None
+    words = f"avg score keel {row['keel']} vs pre_ln {row['pre_ln']}"
+    return f"{row['keel']:g}", f"{row['pre_ln']:g}", words

@@ -1,12 +1,10 @@
-"""A protocol's plan: the training runs it needs, each a resolved recipe and a run dir; and its
-execution, which trains only what is not finished yet.
+"""What a protocol plans: the invocation's Context, the Protocol record each protocol module
+defines, its runs (RunSpec: a resolved recipe and a run dir) and what came of each (Outcome),
+and the runs several protocols plan alike (one name per run, so they share run dirs and records).
 
 Run dirs are named `<label>-<recipe hash>`, so two protocols planning the same recipe under the
 same runs dir share one run (grad-flow and redundancy reuse depth-sweep's runs), and a changed
-recipe never lands in an old run's dir. A run is finished when RUN/summary.json exists (a run
-stopped by the NaN guard or by a protocol's early stop writes one too); a run with
-checkpoints/last.ckpt but no summary is resumed; a run that died before its first checkpoint
-holds nothing worth keeping and starts over.
+recipe never lands in an old run's dir. protocol.py executes a plan.
 """
 
 from __future__ import annotations
@@ -14,42 +12,21 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from keelctl.atomic import atomic_write_text
-from keelctl.config import RecipeConfig, apply_overrides, dump_recipe, recipe_from_dict
+from keelctl.config import RecipeConfig, apply_overrides, recipe_from_dict
 from keelctl.errors import KeelError
-from keelctl.repro import records
+from keelctl.repro.report import Report
 from keelctl.repro.scales import Scale
-from keelctl.runs import (
-    CHECKPOINTS,
-    CONFIG_YAML,
-    FINISHED,
-    GRADS_CSV,
-    METRICS_CSV,
-    RESUMABLE,
-    SUMMARY_JSON,
-    Run,
-)
+from keelctl.runs import FINISHED, Run
 
 # on_progress(description, done, total): overall progress of a protocol, in training steps
 # (each analysis of a run counts as one more unit).
 OnProgress = Callable[[str, int, int], None]
 # Keys that do not change what a run computes, left out of the recipe hash.
 _HASH_IGNORES = (("name",), ("description",), ("data", "cache_dir"), ("data", "num_workers"))
-# What an interrupted `train` may have left in a run dir before its first checkpoint.
-_RESTARTABLE = {
-    CONFIG_YAML,
-    METRICS_CSV,
-    GRADS_CSV,
-    CHECKPOINTS,
-    SUMMARY_JSON,  # a preempted run's, before its first checkpoint
-    "hparams.yaml",
-    "tensorboard",
-}
 
 
 def _what_counts(data: dict, defaults: dict) -> dict:
@@ -123,6 +100,46 @@ class Outcome:
         return self.how == "trained now"
 
 
+class Progress:
+    """Counts a protocol's units (training steps + analyses) and reports them."""
+
+    def __init__(self, total: int, on_progress: OnProgress | None):
+        self.total, self.done, self.on_progress = total, 0, on_progress
+
+    def report(self, description: str, done: int | None = None) -> None:
+        if done is not None:
+            self.done = done
+        if self.on_progress is not None:
+            self.on_progress(description, self.done, self.total)
+
+
+@dataclass
+class Context:
+    """Everything a protocol's plan and analysis need to know about this invocation."""
+
+    protocol: str
+    scale: Scale
+    seeds: list[int]
+    out: Path
+    runs_dir: Path
+    overrides: list[str]
+    commands: list[str] = field(default_factory=list)  # analysis commands, for the report
+    lrs: list[float] | None = None  # tuned's LR grid (--lrs); None: the scale's
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    title: str
+    claim: str
+    plan: Callable[[Context], list[RunSpec]]
+    analyse: Callable[[Context, list[Outcome], Report, Progress], None]
+    measures: tuple[str, ...] = ()  # measures.py: per-run measurements kept in each record
+    callbacks: Callable[[Context], Callable[[RunSpec], list]] | None = None
+    # a staged plan's runs still to be chosen from its records (stand-ins for --plan's cost)
+    pending: Callable[[Context], list[RunSpec]] | None = None
+
+
 def make_recipe(
     scale: Scale,
     overrides: Sequence[str],
@@ -149,13 +166,14 @@ def make_recipe(
     return recipe_from_dict(apply_overrides(data, list(overrides)), f"--scale {scale.name}")
 
 
-def make_spec(label: str, recipe: RecipeConfig, runs_dir: Path) -> RunSpec:
+def run_spec(ctx: Context, label: str, **recipe_args) -> RunSpec:
+    """The run `label` of make_recipe(ctx's scale and overrides, **recipe_args), under
+    ctx.runs_dir as `<label>-<recipe hash>`."""
+    recipe = make_recipe(ctx.scale, ctx.overrides, **recipe_args)
     name = f"{label}-{recipe_hash(recipe)}"
     recipe = recipe.model_copy(update={"name": name})
-    m = recipe.model
-    return RunSpec(
-        recipe, Path(runs_dir) / name, m.residual, m.n_sublayers, recipe.seed, recipe.optim.lr
-    )
+    m, lr = recipe.model, recipe.optim.lr
+    return RunSpec(recipe, ctx.runs_dir / name, m.residual, m.n_sublayers, recipe.seed, lr)
 
 
 def unique(specs: Sequence[RunSpec]) -> list[RunSpec]:
@@ -163,168 +181,61 @@ def unique(specs: Sequence[RunSpec]) -> list[RunSpec]:
     return list({s.run_dir: s for s in specs}.values())
 
 
-def write_recipes(specs: Sequence[RunSpec], recipes_dir: Path) -> dict[Path, Path]:
-    """Each run's resolved recipe as RECIPES/<run name>.yaml (what `keelctl train` reads)."""
-    paths = {}
-    for spec in specs:
-        path = Path(recipes_dir) / f"{spec.name}.yaml"
-        atomic_write_text(path, dump_recipe(spec.recipe))
-        paths[spec.run_dir] = path
-    return paths
+SCHEMES = ("pre_ln", "keel")  # Keel and its baseline: the sweeps, redundancy and hops
 
 
-def _check_same_recipe(spec: RunSpec) -> None:
-    saved = Run(spec.run_dir).recipe
-    if recipe_hash(saved) != recipe_hash(spec.recipe):
-        raise KeelError(
-            f"run dir {spec.run_dir} holds a run of another recipe than planned; "
-            "move it away or pass another --runs-dir"
-        )
+def label(scheme: str, depth: int, lr: float, seed: int) -> str:
+    """One name for a sweep run, so lr-sweep and depth-sweep share their common runs."""
+    return f"{scheme}-L{depth}-lr{lr:g}-s{seed}"
 
 
-def _clear_interrupted(run_dir: Path) -> None:
-    unknown = sorted(p.name for p in run_dir.iterdir() if p.name not in _RESTARTABLE)
-    if unknown:
-        raise KeelError(
-            f"run dir {run_dir} was interrupted and also holds {', '.join(unknown)}; "
-            "move it away or pass another --runs-dir"
-        )
-    shutil.rmtree(run_dir)
+def train_spec(
+    ctx: Context, scheme: str, depth: int, seed: int, lr: float, steps: int, name: str, **sections
+) -> RunSpec:
+    """A sweep run: warm-up 10% of steps, then cosine; `sections` add recipe keys (e.g.
+    model=dict(alpha=1.0), design's variants)."""
+    schedule = dict(lr=lr, steps=steps, warmup_steps=max(1, steps // 10))
+    return run_spec(ctx, name, scheme=scheme, depth=depth, seed=seed, **schedule, **sections)
 
 
-class Progress:
-    """Counts a protocol's units (training steps + analyses) and reports them."""
-
-    def __init__(self, total: int, on_progress: OnProgress | None):
-        self.total, self.done, self.on_progress = total, 0, on_progress
-
-    def report(self, description: str, done: int | None = None) -> None:
-        if done is not None:
-            self.done = done
-        if self.on_progress is not None:
-            self.on_progress(description, self.done, self.total)
+def sweep_spec(ctx: Context, scheme: str, depth: int, steps: int, seed: int, lr: float) -> RunSpec:
+    """A sweep run over `steps`; at the sweep's own steps it is the sweep's run (same name and
+    recipe, so the same run dir): scale-map and tuned share the runs they have in common with
+    each other and depth-sweep."""
+    name = label(scheme, depth, lr, seed)
+    if steps != ctx.scale.steps:
+        name = f"{scheme}-L{depth}-lr{lr:g}-steps{steps}-s{seed}"
+    return train_spec(ctx, scheme, depth, seed, lr, steps, name)
 
 
-Measure = Callable[[RunSpec], dict]  # a measurement that needs the run's weights
-
-
-def _train(spec: RunSpec, callbacks: list, on_step: Callable[[int], None] | None) -> None:
-    import logging
-
-    from keelctl.repro.callbacks import StepReporter
-    from keelctl.train import train
-
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    resume = Run(spec.run_dir).state == RESUMABLE  # _train runs only unfinished runs
-    if resume:
-        _check_same_recipe(spec)
-    elif spec.run_dir.exists():
-        _clear_interrupted(spec.run_dir)
-    reporter = [StepReporter(on_step)] if on_step else []
-    try:
-        train(
-            spec.recipe,
-            spec.run_dir,
-            resume=resume,
-            progress_bar=False,
-            callbacks=[*reporter, *callbacks],
-        )
-    except KeelError:
-        if not spec.finished:  # a real error, not the NaN guard's stop
-            raise
-
-
-def complete(
-    spec: RunSpec,
-    record: Path,
-    measures: dict[str, Measure],
-    callbacks: list,
-    on_step: Callable[[int], None] | None = None,
-) -> str:
-    """Train the run unless its run dir holds it finished, then fill its record: the training
-    files and every measure it lacks. Returns how the run was had."""
-    if spec.finished:
-        _check_same_recipe(spec)
-        how = "run dir reused"
-    else:
-        _train(spec, callbacks, on_step)
-        records.save_provenance(spec.run_dir)
-        how = "trained now"
-        if not spec.finished:
-            raise KeelError(
-                f"run {spec.name} was preempted; run the same command again to resume it"
-            )
-    records.save_training(spec.run_dir, record)
-    for name, measure in measures.items():
-        if not (record / f"{name}.json").is_file():
-            Run(record).save_measure(name, measure(spec))
-    return how
-
-
-def _complete_in_worker(args) -> str:
-    import torch
-
-    torch.set_flush_denormal(True)  # a vanishing gradient fills CPU tensors with subnormals
-    return complete(*args)
-
-
-def execute(
-    specs: Sequence[RunSpec],
-    progress: Progress,
-    out: Path,
-    measures: dict[str, Measure],
-    callbacks: Callable[[RunSpec], list] = lambda spec: [],
-    jobs: int = 1,
-    may_train: Callable[[RunSpec], bool] = lambda spec: True,
-) -> tuple[list[Outcome], list[RunSpec]]:
-    """Every planned run's Outcome, from its record when one holds what the protocol needs,
-    else from its run dir (training it if unfinished, `jobs` runs at a time in separate
-    processes) and then recorded. Returns (outcomes in plan order, runs still missing: those
-    `may_train` refused and no finished run dir holds, for a report from what is there)."""
-    had: dict[Path, tuple[Path, str]] = {}
-    todo = []
-    for spec in specs:
-        record = records.adopt(out, spec.name, tuple(measures))
-        if record is not None:
-            had[spec.run_dir] = (record, "from record")
-        elif may_train(spec) or spec.finished:  # a finished run dir is only measured
-            todo.append(spec)
-    if jobs > 1 and len(todo) > 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
-        with pool:
-            futures = {
-                pool.submit(
-                    _complete_in_worker,
-                    (s, records.record_dir(out, s.name), measures, callbacks(s)),
-                ): s
-                for s in todo
-            }
-            for future in as_completed(futures):
-                spec = futures[future]
-                had[spec.run_dir] = (records.record_dir(out, spec.name), future.result())
-                progress.report(
-                    f"finished {spec.name}", progress.done + spec.recipe.trainer.max_steps
-                )
-    else:
-        for spec in todo:
-            base = progress.done
-            how = complete(
-                spec,
-                records.record_dir(out, spec.name),
-                measures,
-                callbacks(spec),
-                lambda step, base=base, spec=spec: progress.report(
-                    f"training {spec.name}", base + step
-                ),
-            )
-            had[spec.run_dir] = (records.record_dir(out, spec.name), how)
-            progress.report(f"finished {spec.name}", base + spec.recipe.trainer.max_steps)
-    outcomes = [
-        Outcome(s, had[s.run_dir][0], Run(had[s.run_dir][0]).summary(), had[s.run_dir][1])
-        for s in specs
-        if s.run_dir in had
+def depth_sweep_specs(ctx: Context, schemes=SCHEMES) -> list[RunSpec]:
+    """The depth-sweep's runs; grad-flow, redundancy, design and precision plan the same ones
+    (and share them). Seed before scheme: a sweep cut short leaves complete pairs."""
+    sc = ctx.scale
+    return [
+        train_spec(ctx, scheme, depth, seed, sc.lr, sc.steps, label(scheme, depth, sc.lr, seed))
+        for depth in sc.depths
+        for seed in ctx.seeds
+        for scheme in schemes
     ]
-    return outcomes, [s for s in specs if s.run_dir not in had]
+
+
+def ramp_spec(ctx: Context, scheme: str, depth: int, seed: int, steps: int) -> RunSpec:
+    """max-lr's run: its LR ramps linearly from 0 to the scale's peak over all its `steps`; at
+    max-lr's own ramp length it is max-lr's run (scale-map shares it)."""
+    name = f"maxlr-{scheme}-L{depth}-s{seed}"
+    if steps != ctx.scale.max_lr_steps:
+        name = f"maxlr-{scheme}-L{depth}-steps{steps}-s{seed}"
+    schedule = dict(lr=ctx.scale.max_lr_peak, steps=steps, warmup_steps=steps)
+    trainer = dict(log_every=1, val_every=steps, grad_flow_every=0)
+    return run_spec(ctx, name, scheme=scheme, depth=depth, seed=seed, **schedule, trainer=trainer)
+
+
+def set_flags(keys: dict) -> str:
+    """A variant's model keys (design, precision) as `keelctl train` options: --set
+    model.alpha=8.0 ("(none)": depth-sweep's run itself)."""
+
+    def text(v) -> str:
+        return str(v).lower() if isinstance(v, bool) else repr(v) if isinstance(v, float) else v
+
+    return " ".join(f"--set model.{k}={text(v)}" for k, v in keys.items()) or "(none)"

@@ -24,16 +24,25 @@ the same seed, higher = a larger cost). Differences under TIE nats/token are tie
 from __future__ import annotations
 
 from keelctl.figures import new_figure
-from keelctl.repro.context import Context, Protocol, label, set_flags, train_spec
 from keelctl.repro.figures import variant_loss_figure
 from keelctl.repro.paper import PAPER_PRECISION
-from keelctl.repro.plan import Outcome, Progress, RunSpec
+from keelctl.repro.plan import (
+    Context,
+    Outcome,
+    Progress,
+    Protocol,
+    RunSpec,
+    label,
+    set_flags,
+    train_spec,
+)
 from keelctl.repro.readings import (
     FROM,
     TIE,
     diverged,
     final_loss,
     grad_level_after,
+    paired_diff,
     variant_groups,
 )
 from keelctl.repro.report import Report, md_table
@@ -77,47 +86,19 @@ def planned(ctx: Context) -> list[tuple[str, RunSpec]]:
     return out
 
 
-def plan_precision(ctx: Context) -> list[RunSpec]:
-    return [spec for _, spec in planned(ctx)]
-
-
-def cell_of(spec: RunSpec) -> tuple[str, int]:
-    return spec.scheme, spec.depth
-
-
-def _rise(group: dict[str, list[Outcome]]) -> list[float]:
-    """bf16-stream's final loss minus fp32's at the same seed (same data order)."""
-    fp32 = {o.spec.seed: final_loss(o) for o in group["fp32"]}
-    return [final_loss(o) - fp32[o.spec.seed] for o in group["bf16-stream"] if o.spec.seed in fp32]
-
-
 Groups = dict[tuple[str, int], dict[str, list[Outcome]]]  # (scheme, depth) -> variant -> runs
-
-
-def grouped(ctx: Context, outcomes: list[Outcome]) -> Groups:
-    """The recorded runs by (scheme, depth) and variant, the planned variants only."""
-    return variant_groups(planned(ctx), outcomes, cell_of)
 
 
 def _table(groups: Groups) -> str:
     rows = []
     for (scheme, depth), group in groups.items():
         for variant, runs in group.items():
-            n_diverged = sum(diverged(o) for o in runs)
-            rows.append(
-                (
-                    scheme,
-                    depth,
-                    variant,
-                    set_flags(VARIANTS[variant][1]),
-                    len(runs),
-                    fmt_group([final_loss(o) for o in runs]),
-                    fmt_group([grad_level_after(o) for o in runs], ".3g"),
-                    f"{n_diverged}/{len(runs)}" if runs else "n/a",
-                )
-            )
-    headers = ("scheme", "sub-layers", "variant", "recipe keys", "n", "val loss", "grad level")
-    return md_table((*headers, "diverged"), rows)
+            n_diverged = f"{sum(diverged(o) for o in runs)}/{len(runs)}" if runs else "n/a"
+            losses, levels = [final_loss(o) for o in runs], [grad_level_after(o) for o in runs]
+            cells = (len(runs), fmt_group(losses), fmt_group(levels, ".3g"), n_diverged)
+            rows.append((scheme, depth, variant, set_flags(VARIANTS[variant][1]), *cells))
+    columns = "scheme | sub-layers | variant | recipe keys | n | val loss | grad level | diverged"
+    return md_table(columns, rows)
 
 
 def _claims(ctx: Context, groups: Groups) -> list:
@@ -128,20 +109,19 @@ def _claims(ctx: Context, groups: Groups) -> list:
             continue
         fp32 = [final_loss(o) for o in group["fp32"]]
         for variant in ("bf16-gains", "bf16-stream"):
-            text = (
-                f"{depth} sub-layers: Keel with keelctl's fp32 policy reaches a lower validation "
-                f"loss than Keel with {VARIANTS[variant][0]}"
-            )
-            other = [final_loss(o) for o in group[variant]]
-            out.append(
-                claim(text, PAPER_PRECISION, fp32, other, "lower", TIE, names=("fp32", variant))
-            )
+            text = f"{depth} sub-layers: Keel with keelctl's fp32 policy reaches a lower "
+            text += f"validation loss than Keel with {VARIANTS[variant][0]}"
+            other, names = [final_loss(o) for o in group[variant]], ("fp32", variant)
+            out.append(claim(text, PAPER_PRECISION, fp32, other, "lower", TIE, names=names))
     main, _ = depths(ctx)
     text = (
         f"{main} sub-layers: a bf16 stream raises Keel's validation loss more than Pre-LN's "
         "(the rise: bf16-stream minus fp32, same seed)"
     )
-    keel, pre_ln = _rise(groups["keel", main]), _rise(groups["pre_ln", main])
+    keel, pre_ln = (
+        paired_diff(g["bf16-stream"], g["fp32"])
+        for g in (groups["keel", main], groups["pre_ln", main])
+    )
     out.append(
         claim(
             text, PAPER_PRECISION, keel, pre_ln, "higher", TIE, names=("keel rise", "pre_ln rise")
@@ -155,7 +135,7 @@ def analyse_precision(
 ) -> None:
     sc = ctx.scale
     progress.report("precision: reading records", progress.total)
-    groups = grouped(ctx, outcomes)
+    groups = variant_groups(planned(ctx), outcomes, lambda spec: (spec.scheme, spec.depth))
     report.add(
         f"{sc.steps} steps at LR {sc.lr:g} (warm-up 10% then cosine, as depth-sweep); each "
         "variant is depth-sweep's recipe plus the keys shown, simulated by rounding in fp32 "
@@ -217,6 +197,6 @@ PRECISION_PROTOCOL = Protocol(
     "implementations keep them bf16. Keel in fp32 reaches a lower validation loss than Keel with "
     "its LN_out gains rounded to bf16 and than Keel with its stream and skip sum rounded to bf16, "
     "at each depth; and a bf16 stream costs Keel more than it costs Pre-LN.",
-    plan=plan_precision,
+    plan=lambda ctx: [spec for _, spec in planned(ctx)],
     analyse=analyse_precision,
 )

@@ -1,25 +1,31 @@
-"""Running a protocol: plan -> write recipes -> train what is unfinished -> analyse -> report.
+"""The executor: plan -> write recipes -> train what is unfinished -> record -> analyse -> report.
 
     from keelctl.repro import run_protocol
     report_md = run_protocol("depth-sweep", scale="cpu", seeds=1, out="repro/depth-sweep")
 
-Each protocol module (max_lr, sweeps, analyses, ...) defines Protocol records (context.py): a
-`plan` (the runs it needs, from the scale) and an `analyse` (tables, figures and verdicts into
-the Report, through the analysis commands' own functions); PROTOCOLS below lists them. A
-protocol module imports only the shared ones (context, readings, figures, paper, plan, report,
-verdicts), never another protocol.
+Each protocol module (max_lr, sweeps, analyses, ...) defines Protocol records (plan.py): a `plan`
+(the runs it needs, from the scale) and an `analyse` (tables, figures and verdicts into the
+Report, through the analysis commands' own functions); PROTOCOLS below lists them. A protocol
+module imports only the shared ones (plan, readings, figures, paper, report, verdicts), never
+another protocol.
+
+A planned run is had from its record (records.py) when one holds what the protocol measures, else
+from its run dir: a finished one is only measured; an unfinished one is trained with
+train(resume="auto"), which resumes it from checkpoints/last.ckpt; a run that died before its
+first checkpoint holds nothing worth keeping and starts over. A run is finished when
+RUN/summary.json says so (a run stopped by the NaN guard or a protocol's early stop writes one).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shlex
-import sys
+import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from keelctl.atomic import atomic_write_text
+from keelctl.config import dump_recipe
 from keelctl.errors import KeelError
 from keelctl.repro import (
     analyses,
@@ -27,27 +33,33 @@ from keelctl.repro import (
     hops,
     max_lr,
     precision,
+    records,
     redundancy,
     scale_map,
     sweeps,
     tuned,
 )
-from keelctl.repro.context import Context, Protocol
-from keelctl.repro.measures import measures_for
+from keelctl.repro.measures import Measure, measures_for
 from keelctl.repro.plan import (
+    Context,
     OnProgress,
     Outcome,
     Progress,
+    Protocol,
     RunSpec,
-    execute,
+    recipe_hash,
     unique,
-    write_recipes,
 )
-from keelctl.repro.records import RECORDS
-from keelctl.repro.report import Report, machine, md_table, rel
+from keelctl.repro.report import Report, missing_note, rules_section, runs_sections, setup_section
 from keelctl.repro.scales import get_scale
-from keelctl.repro.verdicts import __doc__ as VERDICT_RULE
-from keelctl.runs import config_hash
+from keelctl.runs import (
+    CHECKPOINTS,
+    CONFIG_YAML,
+    GRADS_CSV,
+    METRICS_CSV,
+    SUMMARY_JSON,
+    Run,
+)
 
 PROTOCOLS: dict[str, Protocol] = {
     p.name: p
@@ -64,6 +76,10 @@ PROTOCOLS: dict[str, Protocol] = {
         tuned.TUNED_PROTOCOL,
     )
 }
+# What a `train` killed before its first checkpoint may have left in a run dir (summary.json: a
+# run preempted before it; hparams.yaml, tensorboard: Lightning's loggers), and nothing else.
+_RESTARTABLE = {CONFIG_YAML, METRICS_CSV, GRADS_CSV, CHECKPOINTS, SUMMARY_JSON}
+_RESTARTABLE |= {"hparams.yaml", "tensorboard"}
 
 
 def get_protocol(name: str) -> Protocol:
@@ -86,16 +102,11 @@ def make_context(
         raise KeelError(f"--seeds must be at least 1, got {seeds}")
     if lrs is not None and protocol != "tuned":
         raise KeelError(f"--lrs is the LR grid of repro tuned; drop it for {protocol}")
-    sc = get_scale(scale)
-    out = Path(out)
+    sc, out = get_scale(scale), Path(out)
+    runs = Path(runs_dir) if runs_dir is not None else out / "runs"
+    grid = list(lrs) if lrs is not None else None
     return Context(
-        protocol,
-        sc,
-        [sc.seed + i for i in range(seeds)],
-        out,
-        Path(runs_dir) if runs_dir is not None else out / "runs",
-        list(overrides),
-        lrs=list(lrs) if lrs is not None else None,
+        protocol, sc, [sc.seed + i for i in range(seeds)], out, runs, [*overrides], lrs=grid
     )
 
 
@@ -113,23 +124,166 @@ def check_depths(specs: Sequence[RunSpec], depths: Sequence[int] | None) -> None
         )
 
 
-def repro_command(ctx: Context) -> str:
-    args = [
-        "keelctl",
-        "repro",
-        ctx.protocol,
-        "--scale",
-        ctx.scale.name,
-        "--seeds",
-        str(len(ctx.seeds)),
-        "--out",
-        str(ctx.out),
-        "--runs-dir",
-        str(ctx.runs_dir),
-    ]
-    for item in ctx.overrides:
-        args += ["--set", item]
-    return shlex.join(args)
+def write_recipes(specs: Sequence[RunSpec], recipes_dir: Path) -> dict[Path, Path]:
+    """Each run's resolved recipe as RECIPES/<run name>.yaml (what `keelctl train` reads)."""
+    paths = {}
+    for spec in specs:
+        paths[spec.run_dir] = path = Path(recipes_dir) / f"{spec.name}.yaml"
+        atomic_write_text(path, dump_recipe(spec.recipe))
+    return paths
+
+
+# ---- one run: train what is unfinished, then fill its record --------------------------------
+
+
+def _check_same_recipe(spec: RunSpec) -> None:
+    if recipe_hash(Run(spec.run_dir).recipe) != recipe_hash(spec.recipe):
+        raise KeelError(
+            f"run dir {spec.run_dir} holds a run of another recipe than planned; "
+            "move it away or pass another --runs-dir"
+        )
+
+
+def _train(spec: RunSpec, callbacks: list, on_step: Callable[[int], None] | None) -> None:
+    """train(resume="auto") on an unfinished run: it resumes a run with a checkpoint (of this
+    very recipe) and starts a new one; a run killed before its first checkpoint starts over."""
+    import logging
+
+    from lightning.pytorch.callbacks import LambdaCallback
+
+    from keelctl.train import train
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    if Run(spec.run_dir).last_checkpoint.exists():
+        _check_same_recipe(spec)
+    elif spec.run_dir.exists():
+        unknown = sorted(p.name for p in spec.run_dir.iterdir() if p.name not in _RESTARTABLE)
+        if unknown:
+            raise KeelError(
+                f"run dir {spec.run_dir} was interrupted and also holds {', '.join(unknown)}; "
+                "move it away or pass another --runs-dir"
+            )
+        shutil.rmtree(spec.run_dir)
+
+    def step_done(trainer, *args) -> None:
+        on_step(trainer.global_step)  # after every optimizer step
+
+    reporter = [LambdaCallback(on_train_batch_end=step_done)] if on_step else []
+    try:
+        train(
+            spec.recipe,
+            spec.run_dir,
+            resume="auto",
+            progress_bar=False,
+            callbacks=[*reporter, *callbacks],
+        )
+    except KeelError:
+        if not spec.finished:  # a real error, not the NaN guard's stop
+            raise
+
+
+def complete(
+    spec: RunSpec,
+    record: Path,
+    measures: dict[str, Measure],
+    callbacks: list,
+    on_step: Callable[[int], None] | None = None,
+) -> str:
+    """Train the run unless its run dir holds it finished, then fill its record: the training
+    files and every measure it lacks. Returns how the run was had."""
+    if spec.finished:
+        _check_same_recipe(spec)
+        how = "run dir reused"
+    else:
+        _train(spec, callbacks, on_step)
+        Run(spec.run_dir).save_provenance(records.provenance())  # the record copies it
+        how = "trained now"
+        if not spec.finished:
+            raise KeelError(
+                f"run {spec.name} was preempted; run the same command again to resume it"
+            )
+    records.save_training(spec.run_dir, record)
+    for name, measure in measures.items():
+        if not Run(record).has_measure(name):
+            Run(record).save_measure(name, measure(spec))
+    return how
+
+
+def _complete_in_worker(args) -> str:
+    import torch
+
+    torch.set_flush_denormal(True)  # a vanishing gradient fills CPU tensors with subnormals
+    return complete(*args)
+
+
+def _complete_all(
+    todo: list[RunSpec],
+    progress: Progress,
+    out: Path,
+    measures: dict[str, Measure],
+    callbacks: Callable[[RunSpec], list],
+    jobs: int,
+) -> Iterator[tuple[RunSpec, str]]:
+    """complete() each run of `todo`, `jobs` at a time in worker processes (else here, reporting
+    every step); yields (spec, how) as each ends, with progress.done where the run started."""
+    if jobs > 1 and len(todo) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+        with pool:
+            futures = {
+                pool.submit(
+                    _complete_in_worker,
+                    (s, records.record_dir(out, s.name), measures, callbacks(s)),
+                ): s
+                for s in todo
+            }
+            for future in as_completed(futures):
+                yield futures[future], future.result()
+        return
+    for spec in todo:
+        base = progress.done
+
+        def on_step(step: int, base=base, spec=spec) -> None:
+            progress.report(f"training {spec.name}", base + step)
+
+        how = complete(spec, records.record_dir(out, spec.name), measures, callbacks(spec), on_step)
+        progress.done = base
+        yield spec, how
+
+
+def execute(
+    specs: Sequence[RunSpec],
+    progress: Progress,
+    out: Path,
+    measures: dict[str, Measure],
+    callbacks: Callable[[RunSpec], list] = lambda spec: [],
+    jobs: int = 1,
+    may_train: Callable[[RunSpec], bool] = lambda spec: True,
+) -> tuple[list[Outcome], list[RunSpec]]:
+    """Every planned run's Outcome, from its record when one holds what the protocol needs,
+    else from its run dir (training it if unfinished, `jobs` runs at a time in separate
+    processes) and then recorded. Returns (outcomes in plan order, runs still missing: those
+    `may_train` refused and no finished run dir holds, for a report from what is there)."""
+    had: dict[Path, str] = {}
+    todo = []
+    for spec in specs:
+        if records.adopt(out, spec.name, tuple(measures)) is not None:
+            had[spec.run_dir] = "from record"
+        elif may_train(spec) or spec.finished:  # a finished run dir is only measured
+            todo.append(spec)
+    for spec, how in _complete_all(todo, progress, out, measures, callbacks, jobs):
+        had[spec.run_dir] = how
+        progress.report(f"finished {spec.name}", progress.done + spec.recipe.trainer.max_steps)
+    outcomes = []
+    for s in (s for s in specs if s.run_dir in had):
+        record = records.record_dir(out, s.name)
+        outcomes.append(Outcome(s, record, Run(record).summary(), had[s.run_dir]))
+    return outcomes, [s for s in specs if s.run_dir not in had]
+
+
+# ---- the protocol: execute its plan, analyse, report ----------------------------------------
 
 
 def run_protocol(
@@ -159,135 +313,29 @@ def run_protocol(
     recipe_paths = write_recipes(specs, ctx.out / "recipes")
     progress = Progress(sum(s.recipe.trainer.max_steps for s in specs) + len(specs), on_progress)
     callbacks = proto.callbacks(ctx) if proto.callbacks else (lambda spec: [])
+    measures = measures_for(proto.measures, ctx.scale)
+
+    def may_train(spec: RunSpec) -> bool:
+        return train and (not depths or spec.depth in depths)
+
     outcomes, missing, done = [], [], set()
     while more := [s for s in specs if s.run_dir not in done]:  # a staged plan (tuned) grows
-        new_outcomes, new_missing = execute(  # with the records of its last stage
-            more,
-            progress,
-            ctx.out,
-            measures_for(proto.measures, ctx.scale),
-            callbacks,
-            jobs=jobs,
-            may_train=lambda s: train and (not depths or s.depth in depths),
-        )
-        outcomes += new_outcomes
-        missing += new_missing
+        got, lacking = execute(more, progress, ctx.out, measures, callbacks, jobs, may_train)
+        outcomes, missing = outcomes + got, missing + lacking
         done |= {s.run_dir for s in more}
-        specs = unique([*specs, *plan_protocol(ctx)])
+        specs = unique([*specs, *plan_protocol(ctx)])  # with the records of its last stage
         added = [s for s in specs if s.run_dir not in done]
         recipe_paths |= write_recipes(added, ctx.out / "recipes")
         progress.total += sum(s.recipe.trainer.max_steps + 1 for s in added)
     trained_s = time.perf_counter() - started
     report = Report(ctx.out, f"keelctl repro {protocol}: {proto.title}", proto.claim)
     if missing:
-        report.add(_missing_note(ctx, missing))
+        report.add(missing_note(ctx, missing))
     analysis_started = time.perf_counter()
     proto.analyse(ctx, outcomes, report, progress)
     analysis_s = time.perf_counter() - analysis_started
-    _runs_section(ctx, report, outcomes, recipe_paths)
-    report.section(
-        "Rules",
-        "How each verdict is decided (keelctl/repro/verdicts.py):",
-        "```text\n" + VERDICT_RULE.strip() + "\n```",
-        f"How this protocol measures ({proto.analyse.__module__.replace('.', '/')}.py):",
-        "```text\n" + (sys.modules[proto.analyse.__module__].__doc__ or "").strip() + "\n```",
-    )
-    timing = dict(
-        trained_s=trained_s, analysis_s=analysis_s, load=(load_at_start, os.getloadavg()[0])
-    )
-    _setup_section(ctx, report, outcomes, timing)
+    runs_sections(report, ctx, outcomes, recipe_paths)
+    rules_section(report, proto.analyse.__module__)
+    load = (load_at_start, os.getloadavg()[0])
+    setup_section(report, ctx, outcomes, (trained_s, analysis_s, load))
     return report.write()
-
-
-def _missing_note(ctx: Context, missing: list[RunSpec]) -> str:
-    rows = [(s.name, s.scheme, s.depth, s.seed, f"{s.lr:g}") for s in missing]
-    return (
-        f"**Partial report: {len(missing)} planned run(s) have no record yet**, so every "
-        "table, figure and verdict below uses only the recorded runs (n per group is shown). "
-        f"Missing (complete them with `{repro_command(ctx)}`):\n\n"
-        + md_table(("missing run", "scheme", "sub-layers", "seed", "lr"), rows)
-    )
-
-
-def _runs_section(
-    ctx: Context, report: Report, outcomes: list[Outcome], recipe_paths: dict[Path, Path]
-) -> None:
-    rows = []
-    for o in outcomes:
-        s, spec = o.summary, o.spec
-        rows.append(
-            (
-                spec.name,
-                spec.scheme,
-                spec.depth,
-                spec.seed,
-                f"{spec.lr:g}",
-                f"{s.get('steps')}/{s.get('max_steps')}",
-                s.get("status"),
-                config_hash(spec.recipe.model),
-                f"{s.get('wall_time_s', 0):.0f} s",
-                o.how,
-            )
-        )
-    report.section(
-        "Runs",
-        f"Run dirs under `{ctx.runs_dir}`, compact records under "
-        f"`{rel(ctx.out / RECORDS, ctx.out)}/` (what every number here is computed from); depth "
-        "in sub-layers; config hash = keelctl.runs.config_hash of the model config; train "
-        "time from each summary.json.",
-        md_table(
-            (
-                "run",
-                "scheme",
-                "sub-layers",
-                "seed",
-                "lr",
-                "steps",
-                "status",
-                "config hash",
-                "train time",
-                "this invocation",
-            ),
-            rows,
-        ),
-    )
-    lines = [repro_command(ctx), "", "# the same, one command at a time:"]
-    lines += [
-        shlex.join(
-            [
-                "keelctl",
-                "train",
-                str(recipe_paths[o.spec.run_dir]),
-                "--run-dir",
-                str(o.spec.run_dir),
-            ]
-        )
-        for o in outcomes
-    ]
-    lines += ctx.commands
-    report.section(
-        "Commands",
-        "Exact commands (paths as given to `keelctl repro`); the "
-        f"recipes are in `{rel(ctx.out / 'recipes', ctx.out)}/`.",
-        "```bash\n" + "\n".join(lines) + "\n```",
-    )
-
-
-def _setup_section(ctx: Context, report: Report, outcomes: list[Outcome], timing: dict) -> None:
-    trained_s, analysis_s = timing["trained_s"], timing["analysis_s"]
-    train_total = sum(o.summary.get("wall_time_s", 0.0) for o in outcomes)
-    fresh = sum(o.trained_now for o in outcomes)
-    scale = ctx.scale.model_dump()
-    report.section(
-        "Setup",
-        f"Scale `{ctx.scale.name}`, seeds {ctx.seeds}, overrides {ctx.overrides or 'none'}.",
-        f"Wall time: this invocation trained {fresh} of {len(outcomes)} runs in "
-        f"{trained_s:.0f} s and analysed in {analysis_s:.0f} s; the runs' own training time "
-        f"(summary.json, all runs) totals {train_total:.0f} s, so the protocol from scratch "
-        f"takes about {train_total + analysis_s:.0f} s here. 1-minute load average "
-        f"{timing['load'][0]:.1f} at the start and {timing['load'][1]:.1f} at the end (other "
-        "processes on the machine slow every timing here).",
-        f"Machine: {machine()}.",
-        f"The scale, as data (keelctl/repro/scale_recipes/{ctx.scale.name}.yaml):",
-        "```text\n" + "\n".join(f"{k}: {json.dumps(v)}" for k, v in scale.items()) + "\n```",
-    )

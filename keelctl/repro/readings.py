@@ -26,6 +26,11 @@ def by(outcomes: list[Outcome], value, **tags) -> list[float]:
     return [value(o) for o in outcomes if all(getattr(o.spec, k) == v for k, v in tags.items())]
 
 
+def keel_vs(outcomes: list[Outcome], value, base: str = "pre_ln", **tags) -> tuple[list, list]:
+    """by(...) for Keel's runs and for the baseline's, at the same tags."""
+    return by(outcomes, value, scheme="keel", **tags), by(outcomes, value, scheme=base, **tags)
+
+
 def diverged(o: Outcome) -> bool:
     return o.summary.get("status") == "diverged"
 
@@ -57,6 +62,13 @@ def variant_groups(planned: list[tuple[str, RunSpec]], outcomes: list[Outcome], 
     for o in outcomes:
         groups[cell_of(o.spec)][variant_of[o.spec.run_dir]].append(o)
     return groups
+
+
+def paired_diff(runs: list[Outcome], base: list[Outcome]) -> list[float]:
+    """Each run's final loss minus the `base` run's at the same seed: same data order, so most
+    of the seed-to-seed noise cancels in the difference."""
+    ref = {o.spec.seed: final_loss(o) for o in base}
+    return [final_loss(o) - ref[o.spec.seed] for o in runs if o.spec.seed in ref]
 
 
 def stream_ratio(curve) -> float:

@@ -108,11 +108,6 @@ def provenance() -> dict:
     }
 
 
-def save_provenance(run_dir: Path) -> None:
-    """Written into the run dir right after training, so the record copies it with the rest."""
-    Run(run_dir).save_provenance(provenance())
-
-
 def _candidates(out: Path, name: str) -> list[Path]:
     own = record_dir(out, name)
     siblings = sorted(Path(out).parent.glob(f"*/{RECORDS}/{name}"))

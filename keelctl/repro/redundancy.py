@@ -34,9 +34,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from keelctl.figures import new_figure
-from keelctl.repro.context import SCHEMES, Context, Protocol, depth_sweep_specs
 from keelctl.repro.paper import PAPER_REDUNDANCY
-from keelctl.repro.plan import Outcome, Progress
+from keelctl.repro.plan import SCHEMES, Context, Outcome, Progress, Protocol, depth_sweep_specs
 from keelctl.repro.readings import trained
 from keelctl.repro.report import Report, md_table
 from keelctl.repro.verdicts import (
@@ -184,35 +183,23 @@ def analyse_redundancy(
     runs = {o.spec.name: RunRemovals(o) for o in trained(outcomes)}
     single = len(ctx.seeds) == 1
     places = {k: first_place(r.single) for k, r in runs.items()}
-    report.verdicts.append(
-        _every_run(
-            "The first block is the most critical: share of later sub-layers whose removal costs "
-            "more (0 in every run)",
-            PAPER_REDUNDANCY["first"],
-            places,
-            lambda x: x == 0,
-            lambda x: x > 0.5,
-            single,
-        )
-    )
+    text = "The first block is the most critical: share of later sub-layers whose removal costs"
+    said = PAPER_REDUNDANCY["first"]
+    top, below_median = (lambda x: x == 0), (lambda x: x > 0.5)
+    first = _every_run(f"{text} more (0 in every run)", said, places, top, below_median, single)
+    report.verdicts.append(first)
     for depth in sc.depths:
         group = [r for r in runs.values() if r.outcome.spec.depth == depth]
         for text, value in (
             ("median rel ΔPPL", lambda r: shallow(r.single)),
             ("median rel ΔPPL per unit of relative step, from sub-layer 2", shallow_per_step),
         ):
-            report.verdicts.append(
-                claim(
-                    f"{depth} sub-layers: Keel's shallow sub-layers (1..L/2-1) are less redundant "
-                    f"({text})",
-                    PAPER_REDUNDANCY["shallow"],
-                    [value(r) for r in _of(runs, depth, "keel")],
-                    [value(r) for r in _of(runs, depth, "pre_ln")],
-                    "higher",
-                    tie=SHALLOW_TIE,
-                    fmt=".3g",
-                )
-            )
+            claim_text = f"{depth} sub-layers: Keel's shallow sub-layers (1..L/2-1) are less "
+            claim_text += f"redundant ({text})"
+            keel, pre = ([value(r) for r in _of(runs, depth, k)] for k in ("keel", "pre_ln"))
+            said = PAPER_REDUNDANCY["shallow"]
+            verdict = claim(claim_text, said, keel, pre, "higher", tie=SHALLOW_TIE, fmt=".3g")
+            report.verdicts.append(verdict)
         if group:
             report.figure(
                 removal_figure(depth, group),
@@ -221,16 +208,10 @@ def analyse_redundancy(
                 "sub-layer's step on the stream (mean ± std over seeds)",
             )
     rhos = {k: trend(r.single) for k, r in runs.items()}
-    report.verdicts.append(
-        _every_run(
-            f"After the first block, ΔPPL grows with depth (Spearman rho >= {RHO} in every run)",
-            PAPER_REDUNDANCY["trend"],
-            rhos,
-            lambda x: x >= RHO,
-            lambda x: x <= -RHO,
-            single,
-        )
-    )
+    text = f"After the first block, ΔPPL grows with depth (Spearman rho >= {RHO} in every run)"
+    grows, shrinks = (lambda x: x >= RHO), (lambda x: x <= -RHO)
+    trend_verdict = _every_run(text, PAPER_REDUNDANCY["trend"], rhos, grows, shrinks, single)
+    report.verdicts.append(trend_verdict)
     _tables(ctx, runs, report)
 
 
@@ -279,20 +260,11 @@ def _tables(ctx: Context, runs: dict[str, RunRemovals], report: Report) -> None:
 def _run_table(runs: dict[str, RunRemovals]) -> tuple[str, str]:
     rows = []
     for k, r in runs.items():
-        slope, r2 = step_fit(r.single, r.step)
-        rows.append(
-            (
-                k,
-                f"{places:.2f}" if math.isfinite(places := first_place(r.single)) else "n/a",
-                f"{shallow(r.single):.3g}",
-                f"{shallow(r.step, start=2):.3g}",
-                f"{shallow_per_step(r):.3g}",
-                f"{shallow(r.block):.3g}",
-                f"{trend(r.single):.2f}",
-                f"{slope:.2f}",
-                f"{r2:.2f}",
-            )
-        )
+        place = f"{p:.2f}" if math.isfinite(p := first_place(r.single)) else "n/a"
+        medians = (shallow(r.single), shallow(r.step, start=2), shallow_per_step(r))
+        medians += (shallow(r.block),)
+        fits = (trend(r.single), *step_fit(r.single, r.step))
+        rows.append((k, place, *(f"{x:.3g}" for x in medians), *(f"{x:.2f}" for x in fits)))
     return (
         "Per run. Shallow = sub-layers 1..L/2-1 (blocks 1..L/4-1 for block removal; 2..L/2-1 "
         "for the step and per-step columns); step = "
@@ -301,15 +273,10 @@ def _run_table(runs: dict[str, RunRemovals]) -> tuple[str, str]:
         "across sub-layers that the step size explains).",
         md_table(
             (
-                "run",
-                "share of sub-layers 2.. costlier than the first block",
-                "shallow median rel ΔPPL",
-                "shallow median step",
-                "shallow median rel ΔPPL / step",
-                "shallow median rel ΔPPL, blocks",
-                "Spearman rho (sub-layers >= 2)",
-                "slope log ΔPPL ~ log step",
-                "R²",
+                "run | share of sub-layers 2.. costlier than the first block | "
+                "shallow median rel ΔPPL | shallow median step | "
+                "shallow median rel ΔPPL / step | shallow median rel ΔPPL, blocks | "
+                "Spearman rho (sub-layers >= 2) | slope log ΔPPL ~ log step | R²"
             ),
             rows,
         ),
@@ -326,33 +293,22 @@ def _depth_table(ctx: Context, runs: dict[str, RunRemovals]) -> tuple[str, str]:
             ranges = sorted(
                 {k for r in group for k in r.ranges}, key=lambda k: int(k.split("-")[0])
             )
-            summary.append(
-                (
-                    depth,
-                    scheme,
-                    fmt_group([shallow(r.step, start=2) for r in group], ".3g"),
-                    fmt_group([shallow(r.single) for r in group], ".3g"),
-                    fmt_group([shallow_per_step(r) for r in group], ".3g"),
-                    fmt_group([step_fit(r.single, r.step)[1] for r in group], ".2f"),
-                    "; ".join(
-                        f"{k}: {fmt_group([r.ranges[k] for r in group if k in r.ranges], '.3g')}"
-                        for k in ranges
-                    ),
-                )
-            )
+            medians = [
+                [shallow(r.step, start=2), shallow(r.single), shallow_per_step(r)] for r in group
+            ]
+            r2 = fmt_group([step_fit(r.single, r.step)[1] for r in group], ".2f")
+            removed = {k: [r.ranges[k] for r in group if k in r.ranges] for k in ranges}
+            removed = "; ".join(f"{k}: {fmt_group(v, '.3g')}" for k, v in removed.items())
+            cells = (fmt_group(list(column), ".3g") for column in zip(*medians, strict=True))
+            summary.append((depth, scheme, *cells, r2, removed))
     return (
         "Per depth and scheme (mean ± std over seeds): how far a shallow sub-layer moves the "
         "stream, what removing it costs, the cost per unit step, how much of the variance of "
         "log ΔPPL the step explains (R²), and rel ΔPPL of each range of L/4 sub-layers removed.",
         md_table(
             (
-                "sub-layers",
-                "scheme",
-                "shallow step",
-                "shallow rel ΔPPL",
-                "shallow rel ΔPPL / step",
-                "R² (log ΔPPL ~ log step)",
-                "ranges removed: rel ΔPPL",
+                "sub-layers | scheme | shallow step | shallow rel ΔPPL | "
+                "shallow rel ΔPPL / step | R² (log ΔPPL ~ log step) | ranges removed: rel ΔPPL"
             ),
             summary,
         ),

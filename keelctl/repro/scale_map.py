@@ -38,10 +38,9 @@ from dataclasses import dataclass
 
 from keelctl.errors import KeelError
 from keelctl.repro.callbacks import StopWhenDiverged
-from keelctl.repro.context import Context, Protocol, ramp_spec, sweep_spec
 from keelctl.repro.divergence import DivergenceRules
 from keelctl.repro.paper import PAPER_GRAD_FLOW, PAPER_MAX_LR
-from keelctl.repro.plan import Outcome, Progress, RunSpec
+from keelctl.repro.plan import Context, Outcome, Progress, Protocol, RunSpec, ramp_spec, sweep_spec
 from keelctl.repro.readings import (
     GRAD_TIE,
     TIE,

@@ -66,10 +66,6 @@ class Scale(BaseModel):
     design_depths: _Depths
 
     @property
-    def lr_sweep_steps(self) -> int:
-        return self.steps
-
-    @property
     def divergence(self) -> DivergenceRules:
         """The detector's rules, scaled to this scale's LR ramp (divergence.py)."""
         return DivergenceRules.for_ramp(self.max_lr_steps)

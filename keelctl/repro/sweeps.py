@@ -10,16 +10,20 @@ Differences of single-seed losses under TIE nats/token are ties.
 
 from __future__ import annotations
 
-from keelctl.repro.context import SCHEMES, Context, Protocol, depth_sweep_specs, label, train_spec
 from keelctl.repro.figures import mean_curves_figure, series, xy_figure
-from keelctl.repro.paper import (
-    PAPER_DEPTH_SWEEP,
-    PAPER_LR_SWEEP,
-    PAPER_LR_SWEEP_DEPTH,
-    paper_scores,
+from keelctl.repro.paper import PAPER_DEPTH_SWEEP, PAPER_LR_SWEEP, PAPER_LR_SWEEP_DEPTH, paper_avg
+from keelctl.repro.plan import (
+    SCHEMES,
+    Context,
+    Outcome,
+    Progress,
+    Protocol,
+    RunSpec,
+    depth_sweep_specs,
+    label,
+    train_spec,
 )
-from keelctl.repro.plan import Outcome, Progress, RunSpec
-from keelctl.repro.readings import TIE, by, final_loss, finite
+from keelctl.repro.readings import TIE, by, final_loss, finite, keel_vs
 from keelctl.repro.report import Report, md_table
 from keelctl.repro.verdicts import claim, fmt_group
 from keelctl.runs import Run
@@ -28,17 +32,9 @@ from keelctl.runs import Run
 
 
 def plan_lr_sweep(ctx: Context) -> list[RunSpec]:
-    sc = ctx.scale
+    sc, depth = ctx.scale, ctx.scale.lr_sweep_depth
     return [
-        train_spec(
-            ctx,
-            scheme,
-            sc.lr_sweep_depth,
-            seed,
-            lr,
-            sc.lr_sweep_steps,
-            label(scheme, sc.lr_sweep_depth, lr, seed),
-        )
+        train_spec(ctx, scheme, depth, seed, lr, sc.steps, label(scheme, depth, lr, seed))
         for lr in sc.lrs
         for scheme in SCHEMES
         for seed in ctx.seeds
@@ -52,44 +48,17 @@ def analyse_lr_sweep(
     progress.report("lr-sweep: reading summaries", progress.total)
     rows = []
     for lr in sc.lrs:
-        keel, pre = (
-            by(outcomes, final_loss, scheme="keel", lr=lr),
-            by(outcomes, final_loss, scheme="pre_ln", lr=lr),
-        )
-        scores = PAPER_LR_SWEEP.get(lr)
-        paper_text = (
-            f"{PAPER_LR_SWEEP_DEPTH} layers, avg score keel {scores['keel']} vs "
-            f"pre_ln {scores['pre_ln']}"
-            if scores
-            else "no paper number at this LR"
-        )
-        report.verdicts.append(
-            claim(
-                f"LR {lr:g}, {sc.lr_sweep_depth} sub-layers: Keel reaches a lower validation loss "
-                "than Pre-LN",
-                paper_text,
-                keel,
-                pre,
-                "lower",
-                tie=TIE,
-            )
-        )
-        rows.append(
-            (
-                f"{lr:g}",
-                fmt_group(keel),
-                fmt_group(pre),
-                paper_scores(PAPER_LR_SWEEP, lr, "keel"),
-                paper_scores(PAPER_LR_SWEEP, lr, "pre_ln"),
-            )
-        )
+        keel, pre = keel_vs(outcomes, final_loss, lr=lr)
+        *paper, said = paper_avg(PAPER_LR_SWEEP, lr)
+        said = f"{PAPER_LR_SWEEP_DEPTH} layers, {said}" if said else "no paper number at this LR"
+        text = f"LR {lr:g}, {sc.lr_sweep_depth} sub-layers: Keel reaches a lower validation loss"
+        report.verdicts.append(claim(f"{text} than Pre-LN", said, keel, pre, "lower", tie=TIE))
+        rows.append((f"{lr:g}", fmt_group(keel), fmt_group(pre), *paper))
     report.add(
-        f"{sc.lr_sweep_depth} sub-layers, {sc.lr_sweep_steps} steps per run, final validation "
+        f"{sc.lr_sweep_depth} sub-layers, {sc.steps} steps per run, final validation "
         "loss in nats/token (lower is better) beside the paper's lm-eval average at "
         f"{PAPER_LR_SWEEP_DEPTH} layers (higher is better).",
-        md_table(
-            ("LR", "keel val loss", "pre_ln val loss", "paper keel avg", "paper pre_ln avg"), rows
-        ),
+        md_table("LR | keel val loss | pre_ln val loss | paper keel avg | paper pre_ln avg", rows),
     )
     report.figure(
         xy_figure(
@@ -127,13 +96,10 @@ def analyse_depth_sweep(
     figures = {"val-loss-vs-depth.png": (val_nll, "validation loss (nats/token)")}
     figures |= {f"{t}-acc-vs-depth.png": (task_acc(t), f"{t} accuracy") for t in sc.tasks}
     for filename, (value, ylabel) in figures.items():
+        points = series(outcomes, value, "depth", list(sc.depths), SCHEMES)
+        title = f"{ylabel} vs depth, fixed token budget"
         report.figure(
-            xy_figure(
-                f"{ylabel} vs depth, fixed token budget",
-                "depth (sub-layers)",
-                ylabel,
-                series(outcomes, value, "depth", list(sc.depths), SCHEMES),
-            ),
+            xy_figure(title, "depth (sub-layers)", ylabel, points),
             filename,
             f"{ylabel} against depth (mean ± std over seeds)",
         )
@@ -142,95 +108,61 @@ def analyse_depth_sweep(
         "loss-curves.png",
         "Training loss per depth: mean over seeds, band ± std",
     )
+    limit = f" --limit {sc.task_limit}" if sc.task_limit else ""
     ctx.commands.append(
-        "keelctl eval RUN_DIR --batch-size "
-        f"{sc.eval_batch_size} --tasks {','.join(sc.tasks)}"
-        + (f" --limit {sc.task_limit}" if sc.task_limit else "")
-        + "   # for each run; kept in records/RUN/eval.json"
+        f"keelctl eval RUN_DIR --batch-size {sc.eval_batch_size} --tasks {','.join(sc.tasks)}"
+        f"{limit}   # for each run; kept in records/RUN/eval.json"
     )
 
 
 def _depth_claims(ctx: Context, outcomes: list[Outcome]) -> list:
     """Keel below Pre-LN at each depth; Keel's gain larger at the deepest than the shallowest."""
-    sc = ctx.scale
-    out = []
+    sc, out = ctx.scale, []
     for depth in sc.depths:
-        scores = PAPER_DEPTH_SWEEP.get(depth)
-        out.append(
-            claim(
-                f"{depth} sub-layers: Keel reaches a lower validation loss (log-perplexity) than "
-                "Pre-LN",
-                f"avg score keel {scores['keel']} vs pre_ln {scores['pre_ln']}"
-                if scores
-                else "no paper number at this depth",
-                by(outcomes, val_nll, scheme="keel", depth=depth),
-                by(outcomes, val_nll, scheme="pre_ln", depth=depth),
-                "lower",
-                tie=TIE,
-            )
-        )
+        said = paper_avg(PAPER_DEPTH_SWEEP, depth)[2] or "no paper number at this depth"
+        text = f"{depth} sub-layers: Keel reaches a lower validation loss (log-perplexity) than"
+        keel, pre = keel_vs(outcomes, val_nll, depth=depth)
+        out.append(claim(f"{text} Pre-LN", said, keel, pre, "lower", tie=TIE))
     if len(sc.depths) > 1:
         lo, hi = sc.depths[0], sc.depths[-1]
 
         def gains(depth: int) -> list[float]:
-            return [
-                p - k
-                for seed in ctx.seeds
-                for k in by(outcomes, val_nll, scheme="keel", depth=depth, seed=seed)
-                for p in by(outcomes, val_nll, scheme="pre_ln", depth=depth, seed=seed)
-            ]
+            pairs = [keel_vs(outcomes, val_nll, depth=depth, seed=seed) for seed in ctx.seeds]
+            return [p - k for keel, pre in pairs for k in keel for p in pre]
 
+        text = f"Keel's advantage (Pre-LN loss - Keel loss, per seed) is larger at {hi} than at"
+        said = "avg-score gain +1.7 at 64 layers, +3.0 at 1024"
+        names = (f"gain@{hi}", f"gain@{lo}")
         out.append(
-            claim(
-                f"Keel's advantage (Pre-LN loss - Keel loss, per seed) is larger at {hi} than at "
-                f"{lo} sub-layers",
-                "avg-score gain +1.7 at 64 layers, +3.0 at 1024",
-                gains(hi),
-                gains(lo),
-                "higher",
-                tie=TIE,
-                names=(f"gain@{hi}", f"gain@{lo}"),
-            )
+            claim(f"{text} {lo} sub-layers", said, gains(hi), gains(lo), "higher", TIE, names=names)
         )
     return out
 
 
 def _depth_table(ctx: Context, outcomes: list[Outcome]) -> tuple[str, str]:
-    sc = ctx.scale
-    rows = []
+    sc, rows = ctx.scale, []
     for depth in sc.depths:
         accs = [
             fmt_group(by(outcomes, task_acc(task), scheme=scheme, depth=depth), ".3f")
             for task in sc.tasks
             for scheme in SCHEMES[::-1]
         ]
-        rows.append(
-            (
-                depth,
-                fmt_group(by(outcomes, val_nll, scheme="keel", depth=depth)),
-                fmt_group(by(outcomes, val_nll, scheme="pre_ln", depth=depth)),
-                *accs,
-                paper_scores(PAPER_DEPTH_SWEEP, depth, "keel"),
-                paper_scores(PAPER_DEPTH_SWEEP, depth, "pre_ln"),
-            )
-        )
+        keel, pre = keel_vs(outcomes, val_nll, depth=depth)
+        paper = paper_avg(PAPER_DEPTH_SWEEP, depth)[:2]
+        rows.append((depth, fmt_group(keel), fmt_group(pre), *accs, *paper))
     limit = f"first {sc.task_limit} documents" if sc.task_limit else "all documents"
+    accs = [f"{scheme} {task} acc" for task in sc.tasks for scheme in SCHEMES[::-1]]
+    columns = [
+        "sub-layers | keel val loss | pre_ln val loss",
+        *accs,
+        "paper keel avg | paper pre_ln avg",
+    ]
     return (
         f"Fixed budget: {sc.steps} steps at every depth, LR {sc.lr:g} for both schemes. "
         "Validation loss = `keelctl eval` held-out NLL (nats/token) over the run's whole "
         f"validation split; accuracy = lm-eval's acc on the bundled task(s) ({limit}; chance "
         "1/3 for keel_nextline); the paper's columns are lm-eval averages over 14 tasks.",
-        md_table(
-            (
-                "sub-layers",
-                "keel val loss",
-                "pre_ln val loss",
-                *(f"{scheme} {task} acc" for task in sc.tasks for scheme in SCHEMES[::-1]),
-                "paper keel avg",
-                "paper pre_ln avg",
-            ),
-            rows,
-        ),
+        md_table(" | ".join(columns), rows),
     )
 
 

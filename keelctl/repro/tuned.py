@@ -21,14 +21,13 @@ its best LR against each baseline's at its own (best vs best), and at the shared
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from keelctl.errors import KeelError
 from keelctl.figures import new_figure
 from keelctl.repro import records
-from keelctl.repro.context import Context, Protocol, sweep_spec
 from keelctl.repro.figures import mean_curves_figure
-from keelctl.repro.plan import Outcome, Progress, RunSpec
+from keelctl.repro.plan import Context, Outcome, Progress, Protocol, RunSpec, sweep_spec
 from keelctl.repro.readings import TIE, by, final_loss
 from keelctl.repro.report import Report, md_table
 from keelctl.repro.verdicts import claim, fmt_group
@@ -69,7 +68,7 @@ def grid(ctx: Context) -> TunedGrid:
             f"repro tuned fixes its seeds ({g.tune_seeds} at {g.tune_depth}, {g.deep_seeds} at "
             f"{g.deep_depth} sub-layers); drop --seeds"
         )
-    return TunedGrid(g.tune_depth, g.deep_depth, lrs, g.steps_factor, g.tune_seeds, g.deep_seeds)
+    return replace(g, lrs=lrs)
 
 
 def steps(ctx: Context) -> int:
@@ -171,33 +170,20 @@ def at(scheme: str, lr: float | None) -> str:
 def claims(ctx: Context, outcomes: list[Outcome], best: dict, depth: int) -> list:
     """Keel against each baseline at `depth`: best LR vs best LR, and at the shared LR."""
     g, n, shared = grid(ctx), steps(ctx), ctx.scale.lr
-    keel = _loss(outcomes, "keel", depth, best[("keel", depth)])
-    rows = [
-        claim(
-            f"{depth} sub-layers, {n} steps, each at its best LR: Keel reaches a lower "
-            f"validation loss than {base}",
-            "not in the paper (its baselines share one LR or cap Pre-LN's)",
-            keel,
-            _loss(outcomes, base, depth, best[(base, depth)]),
-            "lower",
-            tie=TIE,
-            names=(at("keel", best[("keel", depth)]), at(base, best[(base, depth)])),
-        )
-        for base in BASELINES
-    ]
-    return rows + [
-        claim(
-            f"{depth} sub-layers, {n} steps, equal LR {shared:g}: Keel reaches a lower "
-            f"validation loss than {base}",
-            f"Table 3's comparison at {g.steps_factor}x depth-sweep's steps",
-            _loss(outcomes, "keel", depth, shared),
-            _loss(outcomes, base, depth, shared),
-            "lower",
-            tie=TIE,
-            names=("keel", base),
-        )
-        for base in ("pre_ln", "post_ln")
-    ]
+    rows, lower = [], "Keel reaches a lower validation loss than"
+    said = "not in the paper (its baselines share one LR or cap Pre-LN's)"
+    for base in BASELINES:
+        text = f"{depth} sub-layers, {n} steps, each at its best LR: {lower} {base}"
+        lrs = (best[("keel", depth)], best[(base, depth)])
+        a, b = _loss(outcomes, "keel", depth, lrs[0]), _loss(outcomes, base, depth, lrs[1])
+        names = (at("keel", lrs[0]), at(base, lrs[1]))
+        rows.append(claim(text, said, a, b, "lower", tie=TIE, names=names))
+    said = f"Table 3's comparison at {g.steps_factor}x depth-sweep's steps"
+    for base in ("pre_ln", "post_ln"):
+        text = f"{depth} sub-layers, {n} steps, equal LR {shared:g}: {lower} {base}"
+        a, b = _loss(outcomes, "keel", depth, shared), _loss(outcomes, base, depth, shared)
+        rows.append(claim(text, said, a, b, "lower", tie=TIE, names=("keel", base)))
+    return rows
 
 
 def analyse(ctx: Context, outcomes: list[Outcome], report: Report, progress: Progress) -> None:
@@ -219,8 +205,7 @@ def analyse(ctx: Context, outcomes: list[Outcome], report: Report, progress: Pro
         f"{g.tune_depth} sub-layers over the grid {', '.join(f'{x:g}' for x in g.lrs)}; at "
         f"{g.deep_depth} sub-layers between that scheme's two best, then a second seed.",
         md_table(
-            ("sub-layers", "scheme", "best LR", "loss at best LR", f"loss at {ctx.scale.lr:g}"),
-            rows,
+            f"sub-layers | scheme | best LR | loss at best LR | loss at {ctx.scale.lr:g}", rows
         ),
     )
     edge = [k for k in SCHEMES if best[(k, g.tune_depth)] in (g.lrs[0], g.lrs[-1])]

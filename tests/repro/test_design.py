@@ -13,9 +13,8 @@ from typer.testing import CliRunner
 from keelctl.cli import app
 from keelctl.model import build_model, sublayer_rules
 from keelctl.repro import make_context, plan_protocol, run_protocol
-from keelctl.repro.context import set_flags
 from keelctl.repro.design import VARIANTS, model_keys, planned
-from keelctl.repro.plan import recipe_hash
+from keelctl.repro.plan import recipe_hash, set_flags
 from keelctl.repro.scales import get_scale
 
 MICRO = get_scale("micro")

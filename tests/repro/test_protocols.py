@@ -287,3 +287,16 @@ def test_plan_cli_and_bad_arguments(tmp_path):
         result = runner.invoke(app, ["repro", *args, "--out", str(tmp_path)])
         assert result.exit_code == 2 and message in result.output
         assert "Traceback" not in result.output
+
+
+def test_progress_hears_every_training_step_then_each_run_end(tmp_path, micro_overrides):
+    calls = []
+    args = ("lr-sweep", "micro", 1, tmp_path / "out", tmp_path / "runs", micro_overrides)
+    run_protocol(*args, on_progress=lambda what, done, total: calls.append((what, done, total)))
+    specs = plan_protocol(make_context(*args))
+    steps = [s.recipe.trainer.max_steps for s in specs]
+    first = [done for what, done, _ in calls if what == f"training {specs[0].name}"]
+    assert first == list(range(1, steps[0] + 1))  # one call per optimizer step
+    ends = [done for what, done, _ in calls if what.startswith("finished ")]
+    assert ends == [sum(steps[: k + 1]) for k in range(len(specs))]
+    assert {total for *_, total in calls} == {sum(steps) + len(specs)}

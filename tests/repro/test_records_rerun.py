@@ -14,6 +14,7 @@ import torch
 
 from keelctl.config import load_recipe
 from keelctl.repro import records
+from keelctl.runs import Run
 from keelctl.train.fit import train
 
 RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results"
@@ -63,7 +64,7 @@ def test_cheapest_committed_record_reruns_to_its_losses(threads_of, tmp_path):
 
 
 def test_provenance_names_code_threads_and_library_versions(tmp_path):
-    records.save_provenance(tmp_path)
+    Run(tmp_path).save_provenance(records.provenance())
     saved = json.loads((tmp_path / records.PROVENANCE_JSON).read_text())
     assert saved["torch_threads"] == torch.get_num_threads()
     assert saved["versions"]["torch"] == torch.__version__

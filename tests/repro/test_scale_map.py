@@ -13,8 +13,7 @@ from typer.testing import CliRunner
 from keelctl.cli import app
 from keelctl.errors import KeelError
 from keelctl.repro import make_context, max_lr, plan_protocol, scale_map
-from keelctl.repro.context import Context
-from keelctl.repro.plan import Outcome
+from keelctl.repro.plan import Context, Outcome
 from keelctl.repro.scale_map_grid import smallest_sentence, trains_verdict
 from keelctl.repro.scales import get_scale
 from keelctl.repro.verdicts import NO_DATA, NOT_AT_SCALE, OPPOSITE, REPRODUCED

@@ -132,9 +132,9 @@ def fake_train(spec, callbacks, on_step) -> None:
 
 
 def test_one_command_runs_every_stage_and_reports_best_vs_best(monkeypatch, tmp_path):
-    from keelctl.repro import plan
+    from keelctl.repro import protocol
 
-    monkeypatch.setattr(plan, "_train", fake_train)
+    monkeypatch.setattr(protocol, "_train", fake_train)
     out = tmp_path / "tuned"
     result = CliRunner().invoke(app, ["repro", "tuned", "--scale", "micro", "--out", str(out)])
     assert result.exit_code == 0, result.output
