@@ -108,6 +108,14 @@ class LanguageModel(L.LightningModule):
             "lr_scheduler": {"scheduler": schedule, "interval": "step", "frequency": 1},
         }
 
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        # Lightning frees the gradients in the next step's closure, after its forward: alive
+        # through that forward, they keep the freed activations' memory from being reused
+        # (50-60 MiB more peak RSS in the demo, issue 29). The next backward sets them afresh
+        # either way; with accumulation only a step ends here.
+        optimizer.zero_grad(set_to_none=True)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[TOKENIZER_KEY] = self.tokenizer
         checkpoint[RNG_KEY] = _rng_states()

@@ -17,12 +17,14 @@ import json
 from pathlib import Path
 
 import keelctl.eval.lm_eval_adapter  # noqa: F401  (registers model "keel" with lm-eval)
+from keelctl.eval.task_names import (  # noqa: F401  (their home; imported from here too)
+    BUNDLED_TAG,
+    BUNDLED_TASKS,
+    HOPS_TAG,
+    HOPS_TASKS,
+)
 
 TASKS_DIR = Path(__file__).parent
-HOPS_TAG = "keel_hops"
-HOPS_TASKS = tuple(f"{HOPS_TAG}_k{k}" for k in (1, 2, 3, 4))
-BUNDLED_TASKS = ("keel_stdlib_ppl", "keel_nextline", *HOPS_TASKS)
-BUNDLED_TAG = "keel_offline"
 
 
 def bundled_dataset(data_file: str, **_metadata):
