@@ -128,7 +128,7 @@ def _lrs(text: str | None) -> list[float] | None:
 
 
 def _print_plan(ctx, specs, jobs: int, only: list[int] | None) -> None:
-    from keelctl.repro.budget import recorded_rate, run_s, scratch_s
+    from keelctl.repro.plan import recorded_rate, run_s, scratch_s
     from keelctl.repro.protocol import check_depths, get_protocol
 
     check_depths(specs, only)

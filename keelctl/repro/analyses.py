@@ -26,6 +26,7 @@ from keelctl.repro.readings import (
     VANISHED,
     grad_level,
     keel_vs,
+    select,
     stream_ratio,
     theory_ratio,
     trained,
@@ -47,7 +48,7 @@ def analyse_grad_flow(
     runs = trained(outcomes)
     curves = {}  # run dir -> (GradCurve at step 0, GradCurve at the last step)
     for depth in sc.depths:
-        group = [o for o in runs if o.spec.depth == depth]
+        group = select(runs, depth=depth)
         if group:
             curves |= _plot_depth(ctx, group, depth, report)
             progress.report(f"grad-flow {depth} sub-layers", progress.done + len(group))
@@ -112,7 +113,7 @@ def _plot_depth(ctx: Context, group: list[Outcome], depth: int, report: Report) 
 def _ratio_table(ctx: Context, runs: list[Outcome], curves: dict) -> tuple[str, str]:
     rows = []
     for depth in ctx.scale.depths:
-        for o in (o for o in runs if o.spec.depth == depth):
+        for o in select(runs, depth=depth):
             first, last = curves[o.spec.run_dir]
             ratios = (stream_ratio(first), stream_ratio(last), theory_ratio(o.spec.recipe.model))
             ratios += (first.bottom_top_ratio, last.bottom_top_ratio)

@@ -12,6 +12,13 @@ from keelctl.repro.verdicts import mean_std
 from keelctl.runs import Run
 
 
+def panels(n: int, width: float, height: float, **subplots):
+    """A figure of n panels in a row (at least one), each `width` inches wide (4.5 at least in
+    all), and its axes."""
+    fig = new_figure(max(4.5, width * n), height)
+    return fig, fig.subplots(1, max(1, n), squeeze=False, **subplots)[0]
+
+
 def series(outcomes: list[Outcome], value, key: str, keys: list, schemes) -> dict:
     """xy_figure's series: per scheme, value's mean and std over the runs at each of `keys`
     (the spec field `key`: "lr", "depth")."""
@@ -48,6 +55,10 @@ def xy_figure(
     return fig
 
 
+def _train_loss(o: Outcome) -> tuple[list[int], list[float]]:
+    return Run(o.record).metric("train_loss")
+
+
 def mean_curves_figure(outcomes: list[Outcome], depths, smooth: int, schemes):
     """One panel per depth: each scheme's smoothed training loss, mean over its seeds with a
     ± std band (runs that stopped early end the band where the shortest run ends)."""
@@ -55,15 +66,10 @@ def mean_curves_figure(outcomes: list[Outcome], depths, smooth: int, schemes):
 
     from keelctl.repro.divergence import smoothed
 
-    fig = new_figure(4.5 * len(depths), 3.8)
-    axes = fig.subplots(1, len(depths), squeeze=False, sharey=True)[0]
+    fig, axes = panels(len(depths), 4.5, 3.8, sharey=True)
     for ax, depth in zip(axes, depths, strict=True):
         for k, scheme in enumerate(schemes):
-            curves = [
-                Run(o.record).metric("train_loss")
-                for o in outcomes
-                if o.spec.scheme == scheme and o.spec.depth == depth
-            ]
+            curves = by(outcomes, _train_loss, scheme=scheme, depth=depth)
             if not curves:
                 continue
             n = min(len(steps) for steps, _ in curves)
@@ -79,14 +85,13 @@ def mean_curves_figure(outcomes: list[Outcome], depths, smooth: int, schemes):
 
 
 def variant_loss_figure(
-    panels: dict[str, dict[str, list[float]]], size: tuple[float, float], rotation: int, sharey
+    by_title: dict[str, dict[str, list[float]]], size: tuple[float, float], rotation: int, sharey
 ):
     """One panel per title: each variant's final validation loss, mean ± std over its finite
     values, n beside the variant name (a variant with no finite value gets no point); `size`
     is (width per panel, height)."""
-    fig = new_figure(max(4.5, size[0] * len(panels)), size[1])
-    axes = fig.subplots(1, max(1, len(panels)), squeeze=False, sharey=sharey)[0]
-    for ax, (title, by_variant) in zip(axes, panels.items(), strict=False):
+    fig, axes = panels(len(by_title), *size, sharey=sharey)
+    for ax, (title, by_variant) in zip(axes, by_title.items(), strict=False):
         for k, values in enumerate(by_variant.values()):
             finite = [v for v in values if math.isfinite(v)]
             if finite:

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import math
 
+from keelctl.repro.figures import panels
 from keelctl.repro.paper import PAPER_HOPS
 from keelctl.repro.plan import SCHEMES, Context, Outcome, Progress, Protocol, RunSpec, train_spec
-from keelctl.repro.readings import final_loss
+from keelctl.repro.readings import diverged, final_loss, select
 from keelctl.repro.report import Report, md_table
 from keelctl.repro.verdicts import claim, fmt_group, mean_std
 from keelctl.runs import METRICS_CSV, Run
@@ -52,7 +53,7 @@ def hop_accuracy(o: Outcome) -> dict[int, float]:
     """{hops: accuracy} of the run's last in-training eval; nan where it has none (a
     diverged run, or an eval that failed)."""
     run = Run(o.record)
-    if not run.has(METRICS_CSV) or o.summary.get("status") == "diverged":
+    if not run.has(METRICS_CSV) or diverged(o):
         return dict.fromkeys(HOPS, math.nan)
     scores = {k: run.metric(f"eval/keel_hops_k{k}/acc")[1] for k in HOPS}
     return {k: values[-1] if values else math.nan for k, values in scores.items()}
@@ -65,7 +66,7 @@ def analyse_hops(ctx: Context, outcomes: list[Outcome], report: Report, progress
     rows = []
     for depth in sc.depths:
         for scheme in SCHEMES:
-            runs = [o for o in outcomes if o.spec.scheme == scheme and o.spec.depth == depth]
+            runs = select(outcomes, scheme=scheme, depth=depth)
             scores = [hop_accuracy(o) for o in runs]
             acc[scheme, depth] = {k: [s[k] for s in scores] for k in HOPS}
             rows.append(
@@ -107,10 +108,7 @@ def analyse_hops(ctx: Context, outcomes: list[Outcome], report: Report, progress
 
 def hops_figure(acc: dict, depths):
     """One panel per hop count: accuracy against depth, a line per scheme, chance dashed."""
-    from keelctl.figures import new_figure
-
-    fig = new_figure(3.2 * len(HOPS), 3.6)
-    axes = fig.subplots(1, len(HOPS), sharey=True)
+    fig, axes = panels(len(HOPS), 3.2, 3.6, sharey=True)
     for ax, k in zip(axes, HOPS, strict=True):
         for j, scheme in enumerate(SCHEMES):
             points = [

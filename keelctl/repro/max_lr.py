@@ -17,9 +17,10 @@ from matplotlib.ticker import NullFormatter
 from keelctl.figures import new_figure
 from keelctl.repro.callbacks import StopWhenDiverged
 from keelctl.repro.divergence import smoothed
+from keelctl.repro.figures import panels
 from keelctl.repro.paper import PAPER_MAX_LR, PAPER_MAX_LR_RAMP
 from keelctl.repro.plan import Context, Outcome, Progress, Protocol, RunSpec, ramp_spec
-from keelctl.repro.readings import Curve, detect_ramps, read_curve
+from keelctl.repro.readings import Curve, by, detect_ramps, keel_vs, read_curve, select
 from keelctl.repro.report import Report, md_table
 from keelctl.repro.verdicts import claim, fmt_group, mean_std
 
@@ -37,15 +38,14 @@ def plan(ctx: Context) -> list[RunSpec]:
 
 
 def callbacks(ctx: Context):
-    return lambda spec: [StopWhenDiverged(ctx.scale.divergence, spec.recipe.trainer.max_steps)]
+    return lambda spec: [StopWhenDiverged(ctx.scale.divergence, spec.steps)]
 
 
 def loss_vs_lr_figure(curves: list[Curve], depths: tuple[int, ...], smooth: int):
-    fig = new_figure(6.0 * len(depths), 4.2)
-    axes = fig.subplots(1, len(depths), squeeze=False)[0]
+    fig, axes = panels(len(depths), 6.0, 4.2)
     schemes = list(dict.fromkeys(c.spec.scheme for c in curves))
     for ax, depth in zip(axes, depths, strict=True):
-        for c in (c for c in curves if c.spec.depth == depth):
+        for c in select(curves, depth=depth):
             colour = f"C{schemes.index(c.spec.scheme)}"
             label = c.spec.scheme if c.spec.seed == min(x.spec.seed for x in curves) else None
             ax.plot(c.lrs, smoothed(c.losses, smooth), color=colour, linewidth=1.2, label=label)
@@ -80,9 +80,7 @@ def max_lr_figure(curves: list[Curve], depths: tuple[int, ...]):
     ax = fig.add_subplot()
     schemes = list(dict.fromkeys(c.spec.scheme for c in curves))
     for k, scheme in enumerate(schemes):
-        runs = [
-            [c for c in curves if c.spec.scheme == scheme and c.spec.depth == d] for d in depths
-        ]
+        runs = [select(curves, scheme=scheme, depth=d) for d in depths]
         ys = [[c.max_lr for c in group] for group in runs]
         for d, group in zip(depths, runs, strict=True):
             for c in group:  # ^ = never diverged: the max LR is at least the ramp's peak
@@ -163,8 +161,8 @@ def analyse(ctx: Context, outcomes: list[Outcome], report: Report, progress: Pro
     )
 
 
-def _max_lrs(curves: list[Curve], scheme: str, depth: int) -> list[float]:
-    return [c.max_lr for c in curves if c.spec.scheme == scheme and c.spec.depth == depth]
+def _max_lr(c: Curve) -> float:
+    return c.max_lr
 
 
 def _claims(ctx: Context, curves: list[Curve]) -> list:
@@ -179,7 +177,7 @@ def _claims(ctx: Context, curves: list[Curve]) -> list:
             paper = "not in the paper"
             if base in said:
                 paper = f"{near} layers: keel {said['keel']:.3g} vs {base} {said[base]:.3g}"
-            keel, other = _max_lrs(curves, "keel", depth), _max_lrs(curves, base, depth)
+            keel, other = keel_vs(curves, _max_lr, base, depth=depth)
             tie = sc.max_lr_peak / sc.max_lr_steps
             out.append(claim(text, paper, keel, other, "higher", tie, ".3g", ("keel", base)))
     return out
@@ -191,11 +189,11 @@ def _table(ctx: Context, curves: list[Curve]) -> tuple[str, str]:
     for scheme in sc.max_lr_schemes:
         row = [scheme]
         for depth in sc.max_lr_depths:
-            found = [c.found for c in curves if c.spec.scheme == scheme and c.spec.depth == depth]
+            found = by(curves, lambda c: c.found, scheme=scheme, depth=depth)
             rules = ", ".join(sorted({f.rule for f in found if f is not None})) or "none"
             never = sum(f is None for f in found)
             note = f" ({never} of {len(found)} never diverged)" if never else ""
-            row += [fmt_group(_max_lrs(curves, scheme, depth), ".3g") + note, rules]
+            row += [fmt_group(by(curves, _max_lr, scheme=scheme, depth=depth), ".3g") + note, rules]
         row += [f"{PAPER_MAX_LR[d].get(scheme, math.nan):.3g}" for d in PAPER_MAX_LR]
         rows.append(row)
     headers = ["scheme"]

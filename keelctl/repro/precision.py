@@ -23,8 +23,7 @@ the same seed, higher = a larger cost). Differences under TIE nats/token are tie
 
 from __future__ import annotations
 
-from keelctl.figures import new_figure
-from keelctl.repro.figures import variant_loss_figure
+from keelctl.repro.figures import panels, variant_loss_figure
 from keelctl.repro.paper import PAPER_PRECISION
 from keelctl.repro.plan import (
     Context,
@@ -171,8 +170,7 @@ def grads_figure(groups: Groups):
     the last recorded step of the first seed's run, one line per variant (log scale)."""
     from keelctl.analysis.grad_flow import read_grads
 
-    fig = new_figure(max(4.5, 3.6 * len(groups)), 3.8)
-    axes = fig.subplots(1, max(1, len(groups)), squeeze=False)[0]
+    fig, axes = panels(len(groups), 3.6, 3.8)
     for ax, ((scheme, depth), by_variant) in zip(axes, groups.items(), strict=False):
         for k, (name, runs) in enumerate(by_variant.items()):
             if runs and not diverged(runs[0]):

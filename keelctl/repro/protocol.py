@@ -275,7 +275,7 @@ def execute(
             todo.append(spec)
     for spec, how in _complete_all(todo, progress, out, measures, callbacks, jobs):
         had[spec.run_dir] = how
-        progress.report(f"finished {spec.name}", progress.done + spec.recipe.trainer.max_steps)
+        progress.report(f"finished {spec.name}", progress.done + spec.steps)
     outcomes = []
     for s in (s for s in specs if s.run_dir in had):
         record = records.record_dir(out, s.name)
@@ -311,7 +311,7 @@ def run_protocol(
     load_at_start = os.getloadavg()[0]
     started = time.perf_counter()
     recipe_paths = write_recipes(specs, ctx.out / "recipes")
-    progress = Progress(sum(s.recipe.trainer.max_steps for s in specs) + len(specs), on_progress)
+    progress = Progress(sum(s.steps for s in specs) + len(specs), on_progress)
     callbacks = proto.callbacks(ctx) if proto.callbacks else (lambda spec: [])
     measures = measures_for(proto.measures, ctx.scale)
 
@@ -326,7 +326,7 @@ def run_protocol(
         specs = unique([*specs, *plan_protocol(ctx)])  # with the records of its last stage
         added = [s for s in specs if s.run_dir not in done]
         recipe_paths |= write_recipes(added, ctx.out / "recipes")
-        progress.total += sum(s.recipe.trainer.max_steps + 1 for s in added)
+        progress.total += sum(s.steps + 1 for s in added)
     trained_s = time.perf_counter() - started
     report = Report(ctx.out, f"keelctl repro {protocol}: {proto.title}", proto.claim)
     if missing:

@@ -6,7 +6,7 @@ divergence, and the tie bands their claims use.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from keelctl.repro.divergence import Divergence, DivergenceRules, detect_divergence
@@ -21,9 +21,15 @@ FROM = 2  # the first sub-layer above the first block
 VANISHED = -math.log10(1.1754943508222875e-38)
 
 
-def by(outcomes: list[Outcome], value, **tags) -> list[float]:
-    """value(outcome) of the outcomes whose spec matches every tag (scheme=..., depth=...)."""
-    return [value(o) for o in outcomes if all(getattr(o.spec, k) == v for k, v in tags.items())]
+def select(items: Iterable, **tags) -> list:
+    """The items (outcomes, ramp curves: anything with a .spec) whose spec matches every tag
+    (scheme=..., depth=...), in order."""
+    return [o for o in items if all(getattr(o.spec, k) == v for k, v in tags.items())]
+
+
+def by(outcomes: Iterable, value, **tags) -> list[float]:
+    """value(outcome) of the outcomes select(outcomes, **tags)."""
+    return [value(o) for o in select(outcomes, **tags)]
 
 
 def keel_vs(outcomes: list[Outcome], value, base: str = "pre_ln", **tags) -> tuple[list, list]:

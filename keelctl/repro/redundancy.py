@@ -30,23 +30,16 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
+from operator import attrgetter
 
 import numpy as np
 
-from keelctl.figures import new_figure
+from keelctl.repro.figures import panels
 from keelctl.repro.paper import PAPER_REDUNDANCY
 from keelctl.repro.plan import SCHEMES, Context, Outcome, Progress, Protocol, depth_sweep_specs
-from keelctl.repro.readings import trained
+from keelctl.repro.readings import keel_vs, select, trained
 from keelctl.repro.report import Report, md_table
-from keelctl.repro.verdicts import (
-    NO_DATA,
-    NOT_AT_SCALE,
-    OPPOSITE,
-    REPRODUCED,
-    Verdict,
-    claim,
-    fmt_group,
-)
+from keelctl.repro.verdicts import NOT_AT_SCALE, Verdict, claim, every_run, fmt_group
 from keelctl.runs import Run
 
 SHALLOW_TIE = 1e-3
@@ -55,29 +48,17 @@ FLOOR = 1e-5  # rel ΔPPL drawn at this floor on log axes (a removal can even lo
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman rank correlation (average ranks for ties); NaN with fewer than 3 points."""
+    """Spearman rank correlation (average ranks for ties); NaN with fewer than 3 points or a
+    side that is constant."""
     if len(x) < 3:
         return math.nan
+    rx, ry = (_ranks(np.asarray(v, dtype=float)) for v in (x, y))
+    return float(np.corrcoef(rx, ry)[0, 1]) if rx.std() and ry.std() else math.nan
 
-    def ranks(v: Sequence[float]) -> list[float]:
-        order = sorted(range(len(v)), key=lambda i: v[i])
-        r = [0.0] * len(v)
-        i = 0
-        while i < len(v):
-            j = i
-            while j + 1 < len(v) and v[order[j + 1]] == v[order[i]]:
-                j += 1
-            for k in range(i, j + 1):
-                r[order[k]] = (i + j) / 2
-            i = j + 1
-        return r
 
-    rx, ry = ranks(x), ranks(y)
-    mx, my = statistics.fmean(rx), statistics.fmean(ry)
-    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
-    sx = math.sqrt(sum((a - mx) ** 2 for a in rx))
-    sy = math.sqrt(sum((b - my) ** 2 for b in ry))
-    return cov / (sx * sy) if sx and sy else math.nan
+def _ranks(v: np.ndarray) -> np.ndarray:
+    """0-based ranks; tied values share the mean of their ranks."""
+    return (v[:, None] > v).sum(1) + ((v[:, None] == v).sum(1) - 1) / 2
 
 
 def _every_run(
@@ -85,19 +66,12 @@ def _every_run(
 ) -> Verdict:
     """Reproduced when `holds` in every run, opposite when `against` in every run."""
     ours = ", ".join(f"{k} {v:.2f}" for k, v in values.items())
-    if not values:
-        return Verdict(text, paper_text, ours, NO_DATA, "every run must agree")
-    if not all(math.isfinite(v) for v in values.values()):
-        verdict = NOT_AT_SCALE + " (not finite)"
-        return Verdict(text, paper_text, ours, verdict, "every run must agree")
-    if all(holds(v) for v in values.values()):
-        verdict = REPRODUCED
-    elif all(against(v) for v in values.values()):
-        verdict = OPPOSITE
+    if all(math.isfinite(v) for v in values.values()):
+        runs = values.values()
+        verdict = every_run([holds(v) for v in runs], [against(v) for v in runs], single)
     else:
-        verdict = NOT_AT_SCALE
-    suffix = " (single seed)" if single else ""
-    return Verdict(text, paper_text, ours, verdict + suffix, "every run must agree")
+        verdict = NOT_AT_SCALE + " (not finite)"
+    return Verdict(text, paper_text, ours, verdict, "every run must agree")
 
 
 def first_place(r: list[float]) -> float:
@@ -110,12 +84,6 @@ def first_place(r: list[float]) -> float:
 def shallow(r: Sequence[float], start: int = 1) -> float:
     part = list(r[start : len(r) // 2])
     return statistics.median(part) if part else math.nan
-
-
-def shallow_per_step(r: RunRemovals) -> float:
-    """From sub-layer 2: sub-layer 1's step is measured from the raw embedding (std 0.02), a
-    jump to the normalised stream that says nothing about the sub-layer (as in grad-flow)."""
-    return shallow(r.per_step, start=2)
 
 
 def trend(r: list[float]) -> float:
@@ -135,30 +103,37 @@ def step_fit(rel: list[float], step: list[float]) -> tuple[float, float]:
 
 
 class RunRemovals:
-    """One run's ablation record, by removal kind."""
+    """One run's ablation record, by removal kind, and the numbers the claims and tables read
+    from it (shallow = the median over sub-layers 1..L/2-1)."""
 
     def __init__(self, o: Outcome):
         data = Run(o.record).measure("ablation")
-        self.outcome = o
+        self.spec = o.spec
         self.single = [r["rel_dppl"] for r in data["single"]]
         self.block = [r["rel_dppl"] for r in data["block"]]
         self.ranges = {r["removed"]: r["rel_dppl"] for r in data["range"]}
         self.step = data["step"]
         self.per_step = [r / s for r, s in zip(self.single, self.step, strict=True)]
+        self.place, self.rho = first_place(self.single), trend(self.single)
+        self.slope, self.r2 = step_fit(self.single, self.step)
+        self.dppl, self.dppl_blocks = shallow(self.single), shallow(self.block)
+        # from sub-layer 2: sub-layer 1's step is measured from the raw embedding (std 0.02), a
+        # jump to the normalised stream that says nothing about the sub-layer (as in grad-flow)
+        self.shallow_step = shallow(self.step, start=2)
+        self.dppl_per_step = shallow(self.per_step, start=2)
 
 
 def removal_figure(depth: int, runs: list[RunRemovals]):
     """Three panels: rel ΔPPL per sub-layer, per block, and the relative step per sub-layer;
     each scheme's mean over seeds with a ± std band, log axes."""
-    fig = new_figure(15, 3.8)
-    panels = fig.subplots(1, 3)
+    fig, axes = panels(3, 5.0, 3.8)
     for ax, (attr, unit) in zip(
-        panels,
+        axes,
         (("single", "sub-layer removed"), ("block", "block removed"), ("step", "sub-layer")),
         strict=True,
     ):
         for k, scheme in enumerate(SCHEMES):
-            group = [r for r in runs if r.outcome.spec.scheme == scheme]
+            group = select(runs, scheme=scheme)
             if not group:
                 continue
             ys = np.maximum(np.array([getattr(r, attr) for r in group]), FLOOR)
@@ -182,21 +157,21 @@ def analyse_redundancy(
     sc = ctx.scale
     runs = {o.spec.name: RunRemovals(o) for o in trained(outcomes)}
     single = len(ctx.seeds) == 1
-    places = {k: first_place(r.single) for k, r in runs.items()}
+    places = {k: r.place for k, r in runs.items()}
     text = "The first block is the most critical: share of later sub-layers whose removal costs"
     said = PAPER_REDUNDANCY["first"]
     top, below_median = (lambda x: x == 0), (lambda x: x > 0.5)
     first = _every_run(f"{text} more (0 in every run)", said, places, top, below_median, single)
     report.verdicts.append(first)
     for depth in sc.depths:
-        group = [r for r in runs.values() if r.outcome.spec.depth == depth]
+        group = select(runs.values(), depth=depth)
         for text, value in (
-            ("median rel ΔPPL", lambda r: shallow(r.single)),
-            ("median rel ΔPPL per unit of relative step, from sub-layer 2", shallow_per_step),
+            ("median rel ΔPPL", "dppl"),
+            ("median rel ΔPPL per unit of relative step, from sub-layer 2", "dppl_per_step"),
         ):
             claim_text = f"{depth} sub-layers: Keel's shallow sub-layers (1..L/2-1) are less "
             claim_text += f"redundant ({text})"
-            keel, pre = ([value(r) for r in _of(runs, depth, k)] for k in ("keel", "pre_ln"))
+            keel, pre = keel_vs(runs.values(), attrgetter(value), depth=depth)
             said = PAPER_REDUNDANCY["shallow"]
             verdict = claim(claim_text, said, keel, pre, "higher", tie=SHALLOW_TIE, fmt=".3g")
             report.verdicts.append(verdict)
@@ -207,7 +182,7 @@ def analyse_redundancy(
                 f"{depth} sub-layers: cost of removing each sub-layer and each block, and each "
                 "sub-layer's step on the stream (mean ± std over seeds)",
             )
-    rhos = {k: trend(r.single) for k, r in runs.items()}
+    rhos = {k: r.rho for k, r in runs.items()}
     text = f"After the first block, ΔPPL grows with depth (Spearman rho >= {RHO} in every run)"
     grows, shrinks = (lambda x: x >= RHO), (lambda x: x <= -RHO)
     trend_verdict = _every_run(text, PAPER_REDUNDANCY["trend"], rhos, grows, shrinks, single)
@@ -226,10 +201,10 @@ def _ratio(a: float, b: float) -> float:
 
 def step_accounting(depth: int, keel: list[RunRemovals], pre: list[RunRemovals]) -> str:
     """One paragraph of measured numbers: how much of a Keel sub-layer's ΔPPL its step sets."""
-    ks, ps = (_mean([shallow(r.step, start=2) for r in g]) for g in (keel, pre))
-    kd, pd = (_mean([shallow(r.single) for r in g]) for g in (keel, pre))
-    kn, pn = (_mean([shallow_per_step(r) for r in g]) for g in (keel, pre))
-    r2 = _mean([step_fit(r.single, r.step)[1] for r in keel])
+    ks, ps = (_mean([r.shallow_step for r in g]) for g in (keel, pre))
+    kd, pd = (_mean([r.dppl for r in g]) for g in (keel, pre))
+    kn, pn = (_mean([r.dppl_per_step for r in g]) for g in (keel, pre))
+    r2 = _mean([r.r2 for r in keel])
     return (
         f"**Step-size accounting, {depth} sub-layers** (means over {len(keel)} Keel and "
         f"{len(pre)} Pre-LN runs): a shallow Keel sub-layer moves the residual stream by "
@@ -242,15 +217,9 @@ def step_accounting(depth: int, keel: list[RunRemovals], pre: list[RunRemovals])
     )
 
 
-def _of(runs: dict[str, RunRemovals], depth: int, scheme: str) -> list[RunRemovals]:
-    return [
-        r for r in runs.values() if (r.outcome.spec.depth, r.outcome.spec.scheme) == (depth, scheme)
-    ]
-
-
 def _tables(ctx: Context, runs: dict[str, RunRemovals], report: Report) -> None:
     for depth in ctx.scale.depths:
-        keel, pre = _of(runs, depth, "keel"), _of(runs, depth, "pre_ln")
+        keel, pre = (select(runs.values(), depth=depth, scheme=k) for k in ("keel", "pre_ln"))
         if keel and pre:
             report.add(step_accounting(depth, keel, pre))
     report.add(*_run_table(runs))
@@ -260,10 +229,9 @@ def _tables(ctx: Context, runs: dict[str, RunRemovals], report: Report) -> None:
 def _run_table(runs: dict[str, RunRemovals]) -> tuple[str, str]:
     rows = []
     for k, r in runs.items():
-        place = f"{p:.2f}" if math.isfinite(p := first_place(r.single)) else "n/a"
-        medians = (shallow(r.single), shallow(r.step, start=2), shallow_per_step(r))
-        medians += (shallow(r.block),)
-        fits = (trend(r.single), *step_fit(r.single, r.step))
+        place = f"{r.place:.2f}" if math.isfinite(r.place) else "n/a"
+        medians = (r.dppl, r.shallow_step, r.dppl_per_step, r.dppl_blocks)
+        fits = (r.rho, r.slope, r.r2)
         rows.append((k, place, *(f"{x:.3g}" for x in medians), *(f"{x:.2f}" for x in fits)))
     return (
         "Per run. Shallow = sub-layers 1..L/2-1 (blocks 1..L/4-1 for block removal; 2..L/2-1 "
@@ -287,19 +255,17 @@ def _depth_table(ctx: Context, runs: dict[str, RunRemovals]) -> tuple[str, str]:
     summary = []
     for depth in ctx.scale.depths:
         for scheme in SCHEMES:
-            group = _of(runs, depth, scheme)
+            group = select(runs.values(), depth=depth, scheme=scheme)
             if not group:
                 continue
             ranges = sorted(
                 {k for r in group for k in r.ranges}, key=lambda k: int(k.split("-")[0])
             )
-            medians = [
-                [shallow(r.step, start=2), shallow(r.single), shallow_per_step(r)] for r in group
-            ]
-            r2 = fmt_group([step_fit(r.single, r.step)[1] for r in group], ".2f")
+            medians = ("shallow_step", "dppl", "dppl_per_step")
+            cells = (fmt_group([getattr(r, m) for r in group], ".3g") for m in medians)
+            r2 = fmt_group([r.r2 for r in group], ".2f")
             removed = {k: [r.ranges[k] for r in group if k in r.ranges] for k in ranges}
             removed = "; ".join(f"{k}: {fmt_group(v, '.3g')}" for k, v in removed.items())
-            cells = (fmt_group(list(column), ".3g") for column in zip(*medians, strict=True))
             summary.append((depth, scheme, *cells, r2, removed))
     return (
         "Per depth and scheme (mean ± std over seeds): how far a shallow sub-layer moves the "

@@ -33,7 +33,6 @@ cells that have no data yet.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from keelctl.errors import KeelError
@@ -44,9 +43,11 @@ from keelctl.repro.plan import Context, Outcome, Progress, Protocol, RunSpec, ra
 from keelctl.repro.readings import (
     GRAD_TIE,
     TIE,
+    by,
     detect_ramps,
     final_loss,
     grad_level_after,
+    keel_vs,
     read_curve,
 )
 from keelctl.repro.report import Report, md_table
@@ -126,8 +127,8 @@ def callbacks(ctx: Context):
     """max-lr's early stop on the ramps, with the detector's windows scaled to each ramp."""
 
     def for_spec(spec: RunSpec) -> list:
-        steps = spec.recipe.trainer.max_steps
-        return [StopWhenDiverged(DivergenceRules.for_ramp(steps), steps)] if is_ramp(spec) else []
+        rules = DivergenceRules.for_ramp(spec.steps)
+        return [StopWhenDiverged(rules, spec.steps)] if is_ramp(spec) else []
 
     return for_spec
 
@@ -196,14 +197,6 @@ def unigram_level(ctx: Context, outcomes: list[Outcome]) -> tuple[float, str]:
     return math.log(vocab), f"ln(vocab_size {vocab}), the uniform level: {why}"
 
 
-def _cell(o: Outcome) -> Cell:
-    return (o.spec.depth, o.spec.recipe.trainer.max_steps)
-
-
-def _values(outcomes, cell: Cell, scheme: str, value: Callable[[Outcome], float]) -> list[float]:
-    return [value(o) for o in outcomes if _cell(o) == cell and o.spec.scheme == scheme]
-
-
 @dataclass(frozen=True)
 class CellResult:
     verdict: Verdict
@@ -217,8 +210,7 @@ def _interval_cells(cells, mc: MapClaim, outcomes, value, better, tie, fmt) -> d
     tie(cell) is the single-seed tie band."""
     out = {}
     for cell in cells:
-        a = _values(outcomes, cell, "keel", value)
-        b = _values(outcomes, cell, mc.baseline, value)
+        a, b = keel_vs(outcomes, value, mc.baseline, depth=cell[0], steps=cell[1])
         v = claim(
             _claim_text(cell, mc), mc.paper, a, b, better, tie(cell), fmt, ("keel", mc.baseline)
         )
@@ -245,7 +237,8 @@ def _losses(values: list[float]) -> str:
 def _trains_cells(cells, mc: MapClaim, outcomes, level: float) -> dict:
     out = {}
     for cell in cells:
-        loss = {k: _values(outcomes, cell, k, final_loss) for k in ("keel", mc.baseline)}
+        at = dict(depth=cell[0], steps=cell[1])
+        loss = {k: by(outcomes, final_loss, scheme=k, **at) for k in ("keel", mc.baseline)}
         ok = {k: [x < level for x in v] for k, v in loss.items()}  # nan (diverged): fails
         verdict = trains_verdict(ok["keel"], ok[mc.baseline])
         text = {k: f"{sum(ok[k])} of {len(ok[k])} train ({_losses(v)})" for k, v in loss.items()}

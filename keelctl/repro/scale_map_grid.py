@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
 from keelctl.figures import new_figure
-from keelctl.repro.verdicts import NO_DATA, NOT_AT_SCALE, OPPOSITE, REPRODUCED
+from keelctl.repro.verdicts import NO_DATA, NOT_AT_SCALE, OPPOSITE, REPRODUCED, every_run
 
 Cell = tuple[int, int]  # (depth in sub-layers, training steps)
 
@@ -40,13 +40,8 @@ def trains_verdict(keel: Sequence[bool], base: Sequence[bool]) -> str:
     Keel run fails, not at this scale otherwise, no data yet when a side has no run."""
     if not keel or not base:
         return NO_DATA
-    if all(keel) and not any(base):
-        verdict = REPRODUCED
-    elif all(base) and not any(keel):
-        verdict = OPPOSITE
-    else:
-        verdict = NOT_AT_SCALE
-    return verdict + (" (single seed)" if min(len(keel), len(base)) == 1 else "")
+    holds, against = [*keel, *(not b for b in base)], [*(not k for k in keel), *base]
+    return every_run(holds, against, single=min(len(keel), len(base)) == 1)
 
 
 def smallest_sentence(text: str, verdicts: Mapping[Cell, str]) -> str:

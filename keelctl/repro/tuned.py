@@ -24,11 +24,10 @@ import math
 from dataclasses import dataclass, replace
 
 from keelctl.errors import KeelError
-from keelctl.figures import new_figure
 from keelctl.repro import records
-from keelctl.repro.figures import mean_curves_figure
+from keelctl.repro.figures import mean_curves_figure, panels
 from keelctl.repro.plan import Context, Outcome, Progress, Protocol, RunSpec, sweep_spec
-from keelctl.repro.readings import TIE, by, final_loss
+from keelctl.repro.readings import TIE, by, final_loss, select
 from keelctl.repro.report import Report, md_table
 from keelctl.repro.verdicts import claim, fmt_group
 from keelctl.runs import Run
@@ -157,7 +156,7 @@ def _seed0(ctx, outcomes, scheme, depth, lr) -> float:
 
 def best_lr(ctx: Context, outcomes, scheme: str, depth: int) -> float | None:
     """The chosen LR: the plan's rule (ranked) over the recorded seed-0 runs at `depth`."""
-    lrs = {o.spec.lr for o in outcomes if (o.spec.scheme, o.spec.depth) == (scheme, depth)}
+    lrs = {o.spec.lr for o in select(outcomes, scheme=scheme, depth=depth)}
     losses = {lr: _seed0(ctx, outcomes, scheme, depth, lr) for lr in lrs}
     losses = {lr: v for lr, v in losses.items() if not math.isnan(v)}
     return ranked(losses)[0] if losses else None
@@ -236,11 +235,7 @@ def lead_table(outcomes: list[Outcome], best: dict, g: TunedGrid) -> str:
     for depth in (g.tune_depth, g.deep_depth):
         curves = {}
         for k in SCHEMES:
-            runs = [
-                o
-                for o in outcomes
-                if (o.spec.scheme, o.spec.depth, o.spec.lr) == (k, depth, best[(k, depth)])
-            ]
+            runs = select(outcomes, scheme=k, depth=depth, lr=best[(k, depth)])
             per_step: dict[int, list[float]] = {}
             for o in runs:
                 for step, v in zip(*Run(o.record).metric("val_loss"), strict=True):
@@ -261,14 +256,10 @@ def lead_table(outcomes: list[Outcome], best: dict, g: TunedGrid) -> str:
 
 def loss_vs_lr_figure(ctx: Context, outcomes: list[Outcome]):
     g = grid(ctx)
-    fig = new_figure(5.0 * 2, 3.8)
-    for ax, depth in zip(
-        fig.subplots(1, 2, sharey=True), (g.tune_depth, g.deep_depth), strict=True
-    ):
+    fig, axes = panels(2, 5.0, 3.8, sharey=True)
+    for ax, depth in zip(axes, (g.tune_depth, g.deep_depth), strict=True):
         for k, scheme in enumerate(SCHEMES):
-            lrs = sorted(
-                {o.spec.lr for o in outcomes if (o.spec.scheme, o.spec.depth) == (scheme, depth)}
-            )
+            lrs = sorted({o.spec.lr for o in select(outcomes, scheme=scheme, depth=depth)})
             ys = [(_seed0(ctx, outcomes, scheme, depth, lr)) for lr in lrs]
             ys = [y if math.isfinite(y) else math.nan for y in ys]  # diverged: no point
             ax.plot(lrs, ys, marker="o", color=f"C{k}", label=scheme)

@@ -112,6 +112,16 @@ def _with_failures(a: Sequence[float], b: Sequence[float], better: str) -> tuple
     return NOT_AT_SCALE + " (some runs diverged)", "runs diverged on both sides or on some seeds"
 
 
+def every_run(holds: Sequence[bool], against: Sequence[bool], single: bool) -> str:
+    """The rule of a claim judged run by run: "reproduced" when it holds in every run,
+    "opposite" when every run goes against it, "not at this scale" otherwise, "no data yet"
+    without a run; "(single seed)" when a side has one seed."""
+    if not holds:
+        return NO_DATA
+    verdict = REPRODUCED if all(holds) else OPPOSITE if all(against) else NOT_AT_SCALE
+    return verdict + (" (single seed)" if single else "")
+
+
 def claim(
     text: str,
     paper: str,

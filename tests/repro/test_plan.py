@@ -59,7 +59,7 @@ def test_bad_depth_and_overrides_are_one_line_errors():
 
 
 def test_plan_estimate_counts_only_what_records_lack(tmp_path):
-    from keelctl.repro.budget import measure_s, run_s
+    from keelctl.repro.plan import measure_s, run_s
 
     ctx = make_context("depth-sweep", "cpu", 1, tmp_path / "depth-sweep", tmp_path / "runs")
     spec = plan_protocol(ctx)[0]
@@ -107,7 +107,7 @@ def test_plan_states_the_recorded_runs_measured_rate(tmp_path):
     from typer.testing import CliRunner
 
     from keelctl.cli import app
-    from keelctl.repro.budget import recorded_rate
+    from keelctl.repro.plan import recorded_rate
 
     ctx = make_context("scale-map", "cpu", 1, tmp_path / "scale-map", tmp_path / "runs")
     specs = plan_protocol(ctx)
