@@ -229,8 +229,13 @@ def _complete_all(
     if jobs > 1 and len(todo) > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
+        from concurrent.futures.process import BrokenProcessPool
 
-        pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+        # A fresh process per run: glibc keeps a finished run's freed activations (about
+        # 10 GB after a 1024-sub-layer run), and the next run in the same worker added its own.
+        pool = ProcessPoolExecutor(
+            jobs, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1
+        )
         with pool:
             futures = {
                 pool.submit(
@@ -240,7 +245,16 @@ def _complete_all(
                 for s in todo
             }
             for future in as_completed(futures):
-                yield futures[future], future.result()
+                try:
+                    how = future.result()
+                except BrokenProcessPool:
+                    raise KeelError(
+                        f"a worker process died while training {futures[future].name} (killed,"
+                        " e.g. out of memory: see dmesg); finished runs are recorded, the others"
+                        " resume from their last checkpoint when you run the same command"
+                        " again, with fewer --jobs if memory ran out"
+                    ) from None
+                yield futures[future], how
         return
     for spec in todo:
         base = progress.done

@@ -200,6 +200,34 @@ def test_jobs_train_in_worker_processes_with_the_same_results(
     assert row_2 in again  # depth 2's numbers, trained in two worker processes
 
 
+def test_a_killed_worker_is_one_line_and_the_same_command_resumes(tmp_path, micro_overrides):
+    """A worker killed mid-run (as the kernel's OOM killer does) ends the protocol with one
+    KeelError, not a BrokenProcessPool traceback; the rerun then finishes both runs."""
+    import multiprocessing
+    import os
+    import signal
+    import threading
+    import time
+
+    def kill_first_worker() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            children = multiprocessing.active_children()
+            if children:
+                os.kill(children[0].pid, signal.SIGKILL)
+                return
+            time.sleep(0.05)
+
+    args = ("depth-sweep", "micro", 1, tmp_path / "r", tmp_path / "runs", micro_overrides)
+    killer = threading.Thread(target=kill_first_worker)
+    killer.start()
+    with pytest.raises(KeelError, match="worker process died .* run the same command again"):
+        run_protocol(*args, jobs=2, depths=[2])
+    killer.join()
+    again = run_protocol(*args, jobs=1, depths=[2]).read_text()
+    assert again.count("| 6/6 | finished |") == 2  # keel and pre_ln at depth 2
+
+
 def test_grad_flow_reuses_depth_sweep_runs(
     depth_sweep_report, tmp_path, shared_runs, micro_overrides
 ):
