@@ -35,15 +35,13 @@ from keelctl.repro.report import Report, md_table, rel
 from keelctl.repro.verdicts import claim
 
 
-def plan_grad_flow(ctx: Context) -> list[RunSpec]:
+def plan(ctx: Context) -> list[RunSpec]:
     sc = ctx.scale
     fixes = [s for s in depth_sweep_specs(ctx, sc.fix_schemes) if s.depth in sc.max_lr_depths]
     return depth_sweep_specs(ctx, sc.grad_schemes) + fixes
 
 
-def analyse_grad_flow(
-    ctx: Context, outcomes: list[Outcome], report: Report, progress: Progress
-) -> None:
+def analyse(ctx: Context, outcomes: list[Outcome], report: Report, progress: Progress) -> None:
     sc = ctx.scale
     runs = trained(outcomes)
     curves = {}  # run dir -> (GradCurve at step 0, GradCurve at the last step)
@@ -74,9 +72,8 @@ def analyse_grad_flow(
                 keel, other = keel_vs(runs, level(when), base, depth=depth)
                 text = f"{depth} sub-layers, {name}: Keel's stream gradient holds level better "
                 text += f"than {base}'s (|log10 ratio|, sub-layer {FROM} / top)"
-                verdict = claim(
-                    text, said[base], keel, other, "lower", GRAD_TIE, ".3g", ("keel", base)
-                )
+                names = ("keel", base)
+                verdict = claim(text, said[base], keel, other, "lower", GRAD_TIE, ".3g", names)
                 report.verdicts.append(verdict)
     report.add(*_ratio_table(ctx, runs, curves))
 
@@ -141,6 +138,6 @@ GRAD_FLOW_PROTOCOL = Protocol(
     title="gradient flow through depth (the paper's gradient view)",
     claim="Post-LN's gradient vanishes toward the bottom of a deep stack while Keel's stays "
     "near level (section 3's skip-path analysis).",
-    plan=plan_grad_flow,
-    analyse=analyse_grad_flow,
+    plan=plan,
+    analyse=analyse,
 )

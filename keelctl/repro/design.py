@@ -20,16 +20,7 @@ from __future__ import annotations
 
 from keelctl.repro.figures import variant_loss_figure
 from keelctl.repro.paper import PAPER_DESIGN
-from keelctl.repro.plan import (
-    Context,
-    Outcome,
-    Progress,
-    Protocol,
-    RunSpec,
-    label,
-    set_flags,
-    train_spec,
-)
+from keelctl.repro.plan import Context, Outcome, Progress, Protocol, RunSpec, set_flags, variant_run
 from keelctl.repro.readings import (
     FROM,
     TIE,
@@ -69,12 +60,8 @@ def planned(ctx: Context) -> list[tuple[str, RunSpec]]:
     for depth in sc.design_depths:
         for seed in ctx.seeds:  # seed before variant: a sweep cut short leaves whole seeds
             for variant in VARIANTS:
-                name = f"design-{variant}-L{depth}-s{seed}"
-                if variant == BASELINE:
-                    name = label("keel", depth, sc.lr, seed)
-                keys = model_keys(variant, depth)
-                spec = train_spec(ctx, "keel", depth, seed, sc.lr, sc.steps, name, model=keys)
-                out.append((variant, spec))
+                name, keys = f"design-{variant}-L{depth}-s{seed}", model_keys(variant, depth)
+                out.append((variant, variant_run(ctx, "keel", depth, seed, keys, name)))
     return out
 
 
@@ -89,15 +76,12 @@ def _claim(depth: int, variant: str, keel: list[float], other: list[float]):
     return claim(text, says, keel, other, "lower", TIE, names=("keel", variant))
 
 
-def analyse_design(
-    ctx: Context, outcomes: list[Outcome], report: Report, progress: Progress
-) -> None:
-    sc = ctx.scale
-    plan = planned(ctx)
-    model_of = {(variant, spec.depth): spec.recipe.model for variant, spec in plan}
+def analyse(ctx: Context, outcomes: list[Outcome], report: Report, progress: Progress) -> None:
+    sc, variants = ctx.scale, planned(ctx)
+    model_of = {(variant, spec.depth): spec.recipe.model for variant, spec in variants}
     progress.report("design: reading records", progress.total)
     losses = {}  # depth -> variant -> final validation losses (one per recorded seed)
-    for depth, group in variant_groups(plan, outcomes, lambda spec: spec.depth).items():
+    for depth, group in variant_groups(variants, outcomes, lambda spec: spec.depth).items():
         losses[depth] = {v: [final_loss(o) for o in runs] for v, runs in group.items()}
         rows = []
         for variant, runs in group.items():
@@ -146,5 +130,5 @@ DESIGN_PROTOCOL = Protocol(
     "published trains to a lower validation loss than every variant that drops one of them; "
     "the final norm, which the paper leaves unstated, is tested the same way.",
     plan=lambda ctx: [spec for _, spec in planned(ctx)],
-    analyse=analyse_design,
+    analyse=analyse,
 )

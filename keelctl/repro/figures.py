@@ -31,25 +31,19 @@ def series(outcomes: list[Outcome], value, key: str, keys: list, schemes) -> dic
     return out
 
 
-def xy_figure(
-    title: str,
-    xlabel: str,
-    ylabel: str,
-    series: dict[str, tuple[list, list, list]],
-    logx: bool = True,
-):
-    """One line per scheme with mean +- std error bars: series[scheme] = (xs, means, stds)."""
+def xy_figure(title: str, xlabel: str, ylabel: str, series: dict[str, tuple[list, list, list]]):
+    """One line per scheme with mean +- std error bars over a log x axis (an LR, a depth):
+    series[scheme] = (xs, means, stds)."""
     fig = new_figure()
     ax = fig.add_subplot()
     for k, (name, (xs, means, stds)) in enumerate(series.items()):
         means = [m if math.isfinite(m) else math.nan for m in means]  # diverged: no point
         ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, color=f"C{k}", label=name)
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
-    if logx:
-        ax.set_xscale("log")
-        xs = sorted({x for s in series.values() for x in s[0]})
-        ax.set_xticks(xs, [f"{x:g}" for x in xs])
-        ax.minorticks_off()
+    ax.set_xscale("log")
+    xs = sorted({x for s in series.values() for x in s[0]})
+    ax.set_xticks(xs, [f"{x:g}" for x in xs])
+    ax.minorticks_off()
     ax.grid(alpha=0.3)
     ax.legend()
     return fig

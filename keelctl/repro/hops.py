@@ -35,7 +35,7 @@ TIE = 0.02  # accuracy: about 4 of 200 items
 CORPUS = f"builtin:hops-{HOPS_DOCUMENTS}+python-stdlib"
 
 
-def plan_hops(ctx: Context) -> list[RunSpec]:
+def plan(ctx: Context) -> list[RunSpec]:
     sc = ctx.scale
     trainer = dict(eval_every=sc.steps, eval_tasks=list(TASKS), eval_limit=HOPS_LIMIT.get(sc.name))
     data = dict(corpus=CORPUS, max_bytes=20_000_000)
@@ -59,7 +59,7 @@ def hop_accuracy(o: Outcome) -> dict[int, float]:
     return {k: values[-1] if values else math.nan for k, values in scores.items()}
 
 
-def analyse_hops(ctx: Context, outcomes: list[Outcome], report: Report, progress: Progress):
+def analyse(ctx: Context, outcomes: list[Outcome], report: Report, progress: Progress) -> None:
     sc = ctx.scale
     progress.report("hops: reading records", progress.total)
     acc = {}  # (scheme, depth) -> hops -> accuracies, one per recorded seed
@@ -69,15 +69,9 @@ def analyse_hops(ctx: Context, outcomes: list[Outcome], report: Report, progress
             runs = select(outcomes, scheme=scheme, depth=depth)
             scores = [hop_accuracy(o) for o in runs]
             acc[scheme, depth] = {k: [s[k] for s in scores] for k in HOPS}
-            rows.append(
-                (
-                    scheme,
-                    depth,
-                    f"{len(runs)}/{len(ctx.seeds)}",
-                    *(fmt_group(acc[scheme, depth][k], ".3f") for k in HOPS),
-                    fmt_group([final_loss(o) for o in runs], ".3f"),
-                )
-            )
+            accs = [fmt_group(acc[scheme, depth][k], ".3f") for k in HOPS]
+            loss = fmt_group([final_loss(o) for o in runs], ".3f")
+            rows.append((scheme, depth, f"{len(runs)}/{len(ctx.seeds)}", *accs, loss))
     limit = HOPS_LIMIT.get(sc.name, 200)
     corpora = sorted({o.spec.recipe.data.corpus for o in outcomes} or {CORPUS})
     corpora_text = ", ".join(f"`{c}`" for c in corpora)
@@ -93,9 +87,8 @@ def analyse_hops(ctx: Context, outcomes: list[Outcome], report: Report, progress
         for depth in sc.depths:
             text = f"{depth} sub-layers, {k} hop(s): Keel tracks variables more accurately than"
             keel, pre = acc["keel", depth][k], acc["pre_ln", depth][k]
-            report.verdicts.append(
-                claim(f"{text} Pre-LN", PAPER_HOPS, keel, pre, "higher", TIE, ".3f")
-            )
+            verdict = claim(f"{text} Pre-LN", PAPER_HOPS, keel, pre, "higher", TIE, ".3f")
+            report.verdicts.append(verdict)
         text = f"Keel, {k} hop(s): {deep} sub-layers more accurate than {shallow}"
         a, b, names = acc["keel", deep][k], acc["keel", shallow][k], (f"L{deep}", f"L{shallow}")
         report.verdicts.append(claim(text, PAPER_HOPS, a, b, "higher", TIE, ".3f", names))
@@ -137,6 +130,6 @@ HOPS_PROTOCOL = Protocol(
     claim="Keel trains deep models whose extra depth buys multi-step accuracy (appendix B); "
     "here: accuracy per hop count on generated variable-tracking programs, Keel and Pre-LN, "
     "against depth.",
-    plan=plan_hops,
-    analyse=analyse_hops,
+    plan=plan,
+    analyse=analyse,
 )

@@ -48,19 +48,13 @@ def loss_vs_lr_figure(curves: list[Curve], depths: tuple[int, ...], smooth: int)
         for c in select(curves, depth=depth):
             colour = f"C{schemes.index(c.spec.scheme)}"
             label = c.spec.scheme if c.spec.seed == min(x.spec.seed for x in curves) else None
-            ax.plot(c.lrs, smoothed(c.losses, smooth), color=colour, linewidth=1.2, label=label)
+            losses = smoothed(c.losses, smooth)
+            ax.plot(c.lrs, losses, color=colour, linewidth=1.2, label=label)
             if c.found is not None and c.found.last_lr is not None:
                 k = c.steps.index(c.found.step)
-                ax.plot(
-                    c.lrs[k],
-                    smoothed(c.losses, smooth)[k],
-                    "x",
-                    color=colour,
-                    markersize=10,
-                    markeredgewidth=2,
-                )
+                ax.plot(c.lrs[k], losses[k], "x", color=colour, markersize=10, markeredgewidth=2)
             elif c.found is None and c.steps:  # o = the rule found no divergence
-                ax.plot(c.lrs[-1], smoothed(c.losses, smooth)[-1], "o", color=colour, mfc="none")
+                ax.plot(c.lrs[-1], losses[-1], "o", color=colour, mfc="none")
         ax.set(
             title=f"{depth} sub-layers",
             xlabel="learning rate (linear ramp)",
@@ -114,9 +108,8 @@ def max_lr_figure(curves: list[Curve], depths: tuple[int, ...]):
         "(hollow, dashed)",
     )
     ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xticks(
-        sorted({*depths, *PAPER_MAX_LR}), [str(d) for d in sorted({*depths, *PAPER_MAX_LR})]
-    )
+    ticks = sorted({*depths, *PAPER_MAX_LR})
+    ax.set_xticks(ticks, [str(d) for d in ticks])
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize="x-small", ncol=2)
     return fig
@@ -168,7 +161,7 @@ def _max_lr(c: Curve) -> float:
 def _claims(ctx: Context, curves: list[Curve]) -> list:
     """Keel's max LR above each baseline's at each depth; tie one LR step of the ramp."""
     sc = ctx.scale
-    out = []
+    tie, out = sc.max_lr_peak / sc.max_lr_steps, []
     for depth in sc.max_lr_depths:
         near = min(PAPER_MAX_LR, key=lambda d: abs(math.log(d / depth)))
         said = PAPER_MAX_LR[near]
@@ -178,7 +171,6 @@ def _claims(ctx: Context, curves: list[Curve]) -> list:
             if base in said:
                 paper = f"{near} layers: keel {said['keel']:.3g} vs {base} {said[base]:.3g}"
             keel, other = keel_vs(curves, _max_lr, base, depth=depth)
-            tie = sc.max_lr_peak / sc.max_lr_steps
             out.append(claim(text, paper, keel, other, "higher", tie, ".3g", ("keel", base)))
     return out
 

@@ -18,13 +18,14 @@ import torch
 
 from keelctl.repro.plan import RunSpec
 from keelctl.repro.scales import Scale
+from keelctl.runs import Run
 
 Measure = Callable[[RunSpec], dict]  # a measurement that needs the run's weights
 ROW_KEYS = ("layer", "kind", "removed", "rel_dppl", "dppl", "dloss")
 
 
 def _diverged(spec: RunSpec) -> bool:
-    return spec.summary().get("status") == "diverged"
+    return Run(spec.run_dir).summary().get("status") == "diverged"
 
 
 def evaluate(spec: RunSpec, scale: Scale) -> dict:
@@ -55,7 +56,6 @@ def stream_steps(spec: RunSpec, scale: Scale) -> list[float]:
     """Per sub-layer, mean over tokens of |x_out - x_in| / |x_in| on one batch of validation
     windows (the ablation's first batch)."""
     from keelctl.analysis.ablation import data_settings, eval_batches, eval_tokens
-    from keelctl.runs import Run
 
     model, tokenizer = Run(spec.run_dir).load_model(torch.device("cpu"))
     d = data_settings([spec.run_dir], None)[0]

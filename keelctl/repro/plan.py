@@ -88,9 +88,6 @@ class RunSpec:
         """Trained to its end (or stopped by a guard); a preempted run resumes instead."""
         return Run(self.run_dir).state == FINISHED
 
-    def summary(self) -> dict:
-        return Run(self.run_dir).summary()
-
 
 @dataclass
 class Outcome:
@@ -191,11 +188,6 @@ def unique(specs: Sequence[RunSpec]) -> list[RunSpec]:
 SCHEMES = ("pre_ln", "keel")  # Keel and its baseline: the sweeps, redundancy and hops
 
 
-def label(scheme: str, depth: int, lr: float, seed: int) -> str:
-    """One name for a sweep run, so lr-sweep and depth-sweep share their common runs."""
-    return f"{scheme}-L{depth}-lr{lr:g}-s{seed}"
-
-
 def train_spec(
     ctx: Context, scheme: str, depth: int, seed: int, lr: float, steps: int, name: str, **sections
 ) -> RunSpec:
@@ -206,10 +198,10 @@ def train_spec(
 
 
 def sweep_spec(ctx: Context, scheme: str, depth: int, steps: int, seed: int, lr: float) -> RunSpec:
-    """A sweep run over `steps`; at the sweep's own steps it is the sweep's run (same name and
-    recipe, so the same run dir): scale-map and tuned share the runs they have in common with
-    each other and depth-sweep."""
-    name = label(scheme, depth, lr, seed)
+    """A sweep run over `steps`, one name per scheme, depth, LR and seed at the sweep's own steps:
+    lr-sweep, depth-sweep (and the protocols that plan its runs), scale-map and tuned share the
+    runs they have in common (same name and recipe, so the same run dir)."""
+    name = f"{scheme}-L{depth}-lr{lr:g}-s{seed}"
     if steps != ctx.scale.steps:
         name = f"{scheme}-L{depth}-lr{lr:g}-steps{steps}-s{seed}"
     return train_spec(ctx, scheme, depth, seed, lr, steps, name)
@@ -220,11 +212,20 @@ def depth_sweep_specs(ctx: Context, schemes=SCHEMES) -> list[RunSpec]:
     (and share them). Seed before scheme: a sweep cut short leaves complete pairs."""
     sc = ctx.scale
     return [
-        train_spec(ctx, scheme, depth, seed, sc.lr, sc.steps, label(scheme, depth, sc.lr, seed))
+        sweep_spec(ctx, scheme, depth, sc.steps, seed, sc.lr)
         for depth in sc.depths
         for seed in ctx.seeds
         for scheme in schemes
     ]
+
+
+def variant_run(ctx: Context, scheme: str, depth: int, seed: int, keys: dict, name: str) -> RunSpec:
+    """depth-sweep's run with the model `keys` set, as `name`; with no keys, depth-sweep's run
+    itself (same name, run dir and record): design's and precision's variants and baseline."""
+    sc = ctx.scale
+    if not keys:
+        return sweep_spec(ctx, scheme, depth, sc.steps, seed, sc.lr)
+    return train_spec(ctx, scheme, depth, seed, sc.lr, sc.steps, name, model=keys)
 
 
 def ramp_spec(ctx: Context, scheme: str, depth: int, seed: int, steps: int) -> RunSpec:

@@ -25,16 +25,7 @@ from __future__ import annotations
 
 from keelctl.repro.figures import panels, variant_loss_figure
 from keelctl.repro.paper import PAPER_PRECISION
-from keelctl.repro.plan import (
-    Context,
-    Outcome,
-    Progress,
-    Protocol,
-    RunSpec,
-    label,
-    set_flags,
-    train_spec,
-)
+from keelctl.repro.plan import Context, Outcome, Progress, Protocol, RunSpec, set_flags, variant_run
 from keelctl.repro.readings import (
     FROM,
     TIE,
@@ -64,7 +55,6 @@ def depths(ctx: Context) -> tuple[int, int]:
 def planned(ctx: Context) -> list[tuple[str, RunSpec]]:
     """(variant, run): Keel at the main depth (every seed) and the deep one (first seed), the
     Pre-LN control at the main depth (first seed, no bf16-gains)."""
-    sc = ctx.scale
     main, deep = depths(ctx)
     cells = [("keel", main, seed) for seed in ctx.seeds] + [
         ("pre_ln", main, ctx.seeds[0]),
@@ -75,13 +65,8 @@ def planned(ctx: Context) -> list[tuple[str, RunSpec]]:
         for variant, (_, keys) in VARIANTS.items():
             if scheme == "pre_ln" and "norm_dtype" in keys:
                 continue  # Pre-LN has no gain on its stream (ModelConfig refuses it)
-            name = (
-                label(scheme, depth, sc.lr, seed)
-                if not keys
-                else f"precision-{variant}-{scheme}-L{depth}-s{seed}"
-            )
-            spec = train_spec(ctx, scheme, depth, seed, sc.lr, sc.steps, name, model=keys)
-            out.append((variant, spec))
+            name = f"precision-{variant}-{scheme}-L{depth}-s{seed}"
+            out.append((variant, variant_run(ctx, scheme, depth, seed, keys, name)))
     return out
 
 
@@ -113,25 +98,16 @@ def _claims(ctx: Context, groups: Groups) -> list:
             other, names = [final_loss(o) for o in group[variant]], ("fp32", variant)
             out.append(claim(text, PAPER_PRECISION, fp32, other, "lower", TIE, names=names))
     main, _ = depths(ctx)
-    text = (
-        f"{main} sub-layers: a bf16 stream raises Keel's validation loss more than Pre-LN's "
-        "(the rise: bf16-stream minus fp32, same seed)"
-    )
-    keel, pre_ln = (
-        paired_diff(g["bf16-stream"], g["fp32"])
-        for g in (groups["keel", main], groups["pre_ln", main])
-    )
-    out.append(
-        claim(
-            text, PAPER_PRECISION, keel, pre_ln, "higher", TIE, names=("keel rise", "pre_ln rise")
-        )
-    )
+    keel, pre_ln = groups["keel", main], groups["pre_ln", main]
+    rises = [paired_diff(g["bf16-stream"], g["fp32"]) for g in (keel, pre_ln)]
+    text = f"{main} sub-layers: a bf16 stream raises Keel's validation loss more than Pre-LN's "
+    text += "(the rise: bf16-stream minus fp32, same seed)"
+    names = ("keel rise", "pre_ln rise")
+    out.append(claim(text, PAPER_PRECISION, *rises, "higher", TIE, names=names))
     return out
 
 
-def analyse_precision(
-    ctx: Context, outcomes: list[Outcome], report: Report, progress: Progress
-) -> None:
+def analyse(ctx: Context, outcomes: list[Outcome], report: Report, progress: Progress) -> None:
     sc = ctx.scale
     progress.report("precision: reading records", progress.total)
     groups = variant_groups(planned(ctx), outcomes, lambda spec: (spec.scheme, spec.depth))
@@ -196,5 +172,5 @@ PRECISION_PROTOCOL = Protocol(
     "its LN_out gains rounded to bf16 and than Keel with its stream and skip sum rounded to bf16, "
     "at each depth; and a bf16 stream costs Keel more than it costs Pre-LN.",
     plan=lambda ctx: [spec for _, spec in planned(ctx)],
-    analyse=analyse_precision,
+    analyse=analyse,
 )

@@ -52,14 +52,7 @@ from keelctl.repro.plan import (
 )
 from keelctl.repro.report import Report, missing_note, rules_section, runs_sections, setup_section
 from keelctl.repro.scales import get_scale
-from keelctl.runs import (
-    CHECKPOINTS,
-    CONFIG_YAML,
-    GRADS_CSV,
-    METRICS_CSV,
-    SUMMARY_JSON,
-    Run,
-)
+from keelctl.runs import CHECKPOINTS, CONFIG_YAML, GRADS_CSV, METRICS_CSV, SUMMARY_JSON, Run
 
 PROTOCOLS: dict[str, Protocol] = {
     p.name: p

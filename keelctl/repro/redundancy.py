@@ -151,9 +151,7 @@ def removal_figure(depth: int, runs: list[RunRemovals]):
     return fig
 
 
-def analyse_redundancy(
-    ctx: Context, outcomes: list[Outcome], report: Report, progress: Progress
-) -> None:
+def analyse(ctx: Context, outcomes: list[Outcome], report: Report, progress: Progress) -> None:
     sc = ctx.scale
     runs = {o.spec.name: RunRemovals(o) for o in trained(outcomes)}
     single = len(ctx.seeds) == 1
@@ -286,6 +284,6 @@ REDUNDANCY_PROTOCOL = Protocol(
     title="layer redundancy (appendix A, Figure 6)",
     claim="; ".join(PAPER_REDUNDANCY.values()) + " (appendix A).",
     plan=depth_sweep_specs,
-    analyse=analyse_redundancy,
+    analyse=analyse,
     measures=("ablation",),
 )

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 from keelctl.errors import KeelError
 from keelctl.repro.callbacks import StopWhenDiverged
@@ -60,13 +61,7 @@ from keelctl.repro.scale_map_grid import (
     trains_verdict,
 )
 from keelctl.repro.scales import Scale
-from keelctl.repro.verdicts import (
-    NO_DATA,
-    Verdict,
-    claim,
-    fmt_group,
-    mean_std,
-)
+from keelctl.repro.verdicts import NO_DATA, Verdict, claim, fmt_group, mean_std
 
 SWEEP_SCHEMES = ("keel", "pre_ln", "post_ln")
 RAMP_SCHEMES = ("keel", "pre_ln")
@@ -143,6 +138,9 @@ class MapClaim:
     paper: str
     baseline: str
     measure: str  # what the number is, for the table's caption
+    # the interval rule's direction and the numbers' format ("trains" has its own rule)
+    better: Literal["higher", "lower"] = "lower"
+    fmt: str = ".3g"
 
 
 CLAIMS = (
@@ -152,6 +150,7 @@ CLAIMS = (
         "Table 3: higher average score at every depth, 64..1024 layers",
         "pre_ln",
         "final validation loss (nats/token, summary.json)",
+        fmt=".3f",
     ),
     MapClaim(
         "higher-lr",
@@ -163,6 +162,7 @@ CLAIMS = (
         + " layers",
         "pre_ln",
         "max LR under the ramp (last LR before the detector's divergence)",
+        better="higher",
     ),
     MapClaim(
         "grad-level",
@@ -205,20 +205,19 @@ class CellResult:
     base: str
 
 
-def _interval_cells(cells, mc: MapClaim, outcomes, value, better, tie, fmt) -> dict:
+def _interval_cells(cells, mc: MapClaim, outcomes, value, tie) -> dict:
     """Per cell, the interval rule on value(run) of Keel's and the baseline's runs there;
     tie(cell) is the single-seed tie band."""
-    out = {}
+    out, fmt = {}, mc.fmt
+
+    def mean(xs: list[float]) -> str:
+        return f"{mean_std(xs)[0]:{fmt}}" if xs else "-"
+
     for cell in cells:
         a, b = keel_vs(outcomes, value, mc.baseline, depth=cell[0], steps=cell[1])
-        v = claim(
-            _claim_text(cell, mc), mc.paper, a, b, better, tie(cell), fmt, ("keel", mc.baseline)
-        )
-
-        def m(xs):
-            return f"{mean_std(xs)[0]:{fmt}}" if xs else "-"
-
-        note = f"{m(a)} vs {m(b)}\nn={len(a)}/{len(b)}"
+        names = ("keel", mc.baseline)
+        v = claim(_claim_text(cell, mc), mc.paper, a, b, mc.better, tie(cell), fmt, names)
+        note = f"{mean(a)} vs {mean(b)}\nn={len(a)}/{len(b)}"
         out[cell] = CellResult(v, note, fmt_group(a, fmt), fmt_group(b, fmt))
     return out
 
@@ -279,19 +278,11 @@ def analyse(ctx: Context, outcomes: list[Outcome], report: Report, progress: Pro
 
     beats, higher, grads, trains = CLAIMS
     results = {
-        beats: _interval_cells(cells, beats, runs, final_loss, "lower", lambda c: TIE, ".3f"),
-        higher: _interval_cells(
-            cells,
-            higher,
-            ramps,
-            lambda o: lrs[o.spec.run_dir],
-            "higher",
-            lambda c: sc.max_lr_peak / c[1],  # one LR step of the cell's ramp
-            ".3g",
+        beats: _interval_cells(cells, beats, runs, final_loss, lambda c: TIE),
+        higher: _interval_cells(  # tie: one LR step of the cell's ramp
+            cells, higher, ramps, lambda o: lrs[o.spec.run_dir], lambda c: sc.max_lr_peak / c[1]
         ),
-        grads: _interval_cells(
-            post_ln_cells, grads, runs, grad_level_after, "lower", lambda c: GRAD_TIE, ".3g"
-        ),
+        grads: _interval_cells(post_ln_cells, grads, runs, grad_level_after, lambda c: GRAD_TIE),
         trains: _trains_cells(post_ln_cells, trains, runs, level),
     }
     progress.report("scale-map: verdicts", progress.total)

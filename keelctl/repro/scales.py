@@ -36,9 +36,8 @@ class Scale(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
-    recipe: dict[
-        str, dict
-    ]  # base recipe shared by every run (sections model, data, optim, trainer)
+    # the base recipe shared by every run (sections model, data, optim, trainer)
+    recipe: dict[str, dict]
     depths: _Depths
     steps: PositiveInt
     lr_sweep_depth: PositiveInt

@@ -20,8 +20,7 @@ from keelctl.repro.plan import (
     Protocol,
     RunSpec,
     depth_sweep_specs,
-    label,
-    train_spec,
+    sweep_spec,
 )
 from keelctl.repro.readings import TIE, by, final_loss, finite, keel_vs
 from keelctl.repro.report import Report, md_table
@@ -34,7 +33,7 @@ from keelctl.runs import Run
 def plan_lr_sweep(ctx: Context) -> list[RunSpec]:
     sc, depth = ctx.scale, ctx.scale.lr_sweep_depth
     return [
-        train_spec(ctx, scheme, depth, seed, lr, sc.steps, label(scheme, depth, lr, seed))
+        sweep_spec(ctx, scheme, depth, sc.steps, seed, lr)
         for lr in sc.lrs
         for scheme in SCHEMES
         for seed in ctx.seeds

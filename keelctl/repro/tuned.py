@@ -81,12 +81,10 @@ def spec(ctx: Context, scheme: str, depth: int, lr: float, seed: int) -> RunSpec
 def recorded_loss(ctx: Context, s: RunSpec) -> float | None:
     """A run's final validation loss from its record (here or a sibling report's) or its
     finished run dir; None when neither holds it yet."""
-    record = records.find(ctx.out, s.name)
-    if record is not None:
-        return final_loss(Outcome(s, record, Run(record).summary(), "from record"))
-    if s.finished:
-        return final_loss(Outcome(s, s.run_dir, s.summary(), "run dir"))
-    return None
+    found = records.find(ctx.out, s.name) or (s.run_dir if s.finished else None)
+    if found is None:
+        return None
+    return final_loss(Outcome(s, found, Run(found).summary(), "from record"))
 
 
 def ranked(losses: dict[float, float]) -> list[float]:

@@ -9,7 +9,7 @@ from keelctl.eval.runner import evaluate_runs
 from keelctl.repro import make_context, plan_protocol, run_protocol
 from keelctl.repro.hops import TASKS, hop_accuracy
 from keelctl.repro.plan import Outcome
-from keelctl.runs import SUMMARY_JSON
+from keelctl.runs import SUMMARY_JSON, Run
 
 SMALL = ["data.corpus=builtin:hops-40", "data.max_bytes=null"]
 
@@ -34,7 +34,7 @@ def test_micro_protocol_reports_accuracy_per_hop_count(tmp_path):
     # the in-training score of the last step is `keelctl eval`'s score of the finished run
     deepest_keel = next(s for s in specs if (s.scheme, s.depth) == ("keel", 4))
     record = out / "records" / deepest_keel.name
-    measured = hop_accuracy(Outcome(deepest_keel, record, deepest_keel.summary(), "trained now"))
+    measured = hop_accuracy(Outcome(deepest_keel, record, Run(record).summary(), "trained now"))
     scored = evaluate_runs([deepest_keel.run_dir], tasks=list(TASKS), limit=4, batch_size=4)
     results = scored["runs"][0]["results"]
     assert measured == {k: results[f"keel_hops_k{k}"]["acc,none"] for k in (1, 2, 3, 4)}

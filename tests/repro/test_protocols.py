@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from keelctl.cli import app
 from keelctl.errors import KeelError
 from keelctl.repro import make_context, plan_protocol, run_protocol
-from keelctl.runs import SUMMARY_JSON, config_hash
+from keelctl.runs import SUMMARY_JSON, Run, config_hash
 
 VERDICT_LINE = re.compile(
     r"^\*\*Verdicts: (\d+) reproduced, (\d+) not at this scale, "
@@ -142,9 +142,9 @@ def test_lr_sweep_end_to_end_resumes_interrupted_runs(tmp_path, micro_overrides)
     second.run_dir.mkdir(parents=True)
     (second.run_dir / "config.yaml").write_text("interrupted before any checkpoint\n")
     run_protocol("lr-sweep", "micro", 1, ctx.out, ctx.runs_dir, micro_overrides)
-    resumed = first.summary()
+    resumed, restarted = (Run(s.run_dir).summary() for s in (first, second))
     assert resumed["resumed_from_step"] == 4 and resumed["steps"] == 6
-    assert second.summary()["steps"] == 6 and second.summary()["resumed_from_step"] is None
+    assert restarted["steps"] == 6 and restarted["resumed_from_step"] is None
     check_report(ctx.out / "report.md", n_claims=2)  # one claim per LR
 
     (second.run_dir / SUMMARY_JSON).unlink()

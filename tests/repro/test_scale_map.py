@@ -14,6 +14,7 @@ from keelctl.cli import app
 from keelctl.errors import KeelError
 from keelctl.repro import make_context, max_lr, plan_protocol, scale_map
 from keelctl.repro.plan import Context, Outcome
+from keelctl.repro.readings import final_loss
 from keelctl.repro.scale_map_grid import smallest_sentence, trains_verdict
 from keelctl.repro.scales import get_scale
 from keelctl.repro.verdicts import NO_DATA, NOT_AT_SCALE, OPPOSITE, REPRODUCED
@@ -141,15 +142,11 @@ def test_a_diverged_seed_makes_a_cell_undecided_not_a_crash(tmp_path):
         for k, v in summaries.items()
     ]
     beats = scale_map.CLAIMS[0]
-    result = scale_map._interval_cells(
-        [(2, 4)], beats, outcomes, scale_map.final_loss, "lower", lambda c: 0.01, ".3f"
-    )[(2, 4)]
+    result = scale_map._interval_cells([(2, 4)], beats, outcomes, final_loss, lambda c: 0.01)[2, 4]
     assert result.verdict.verdict == NOT_AT_SCALE + " (some runs diverged)"
     assert result.keel == "2.050 ± 0.071 (n=2)" and result.base == "3.000 + 1 diverged"
     del outcomes[3]  # Pre-LN's finished seed alone: a single-seed comparison
-    result = scale_map._interval_cells(
-        [(2, 4)], beats, outcomes, scale_map.final_loss, "lower", lambda c: 0.01, ".3f"
-    )[(2, 4)]
+    result = scale_map._interval_cells([(2, 4)], beats, outcomes, final_loss, lambda c: 0.01)[2, 4]
     assert result.verdict.verdict == REPRODUCED + " (single seed)"  # 3.0 - 2.05 > 0.01
 
 
