@@ -85,17 +85,21 @@ def _plot_depth(ctx: Context, group: list[Outcome], depth: int, report: Report) 
 
     histories = [read_grads(o.record) for o in group]
     picked = [h.select([0, "last"]) for h in histories]
+    # the heatmap shows Keel's run (the claims' subject), not whichever scheme was planned last
+    heat = [
+        h for h, o in zip(histories, group, strict=True) if o.spec.scheme == "keel"
+    ] or histories
     png = ctx.out / f"grad-flow-L{depth}.png"
     write_outputs(
         [c for pair in picked for c in pair],
         png,
-        heatmap_of=histories[-1],
+        heatmap_of=heat[-1],
         json_path=ctx.out / f"grad-flow-L{depth}.json",
     )
     report.add(
         f"![gradient flow, {depth} sub-layers]({png.name})\n\n*{depth} sub-layers: "
         "stream gradient per sub-layer at step 0 and the last step, theory dashed; "
-        f"heatmap of {histories[-1].name}: [{png.stem}-heatmap.png]"
+        f"heatmap of {heat[-1].name}: [{png.stem}-heatmap.png]"
         f"({png.stem}-heatmap.png)*"
     )
     ctx.commands.append(

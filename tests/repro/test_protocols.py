@@ -240,6 +240,8 @@ def test_grad_flow_reuses_depth_sweep_runs(
     data = json.loads((tmp_path / "r" / "grad-flow-L4.json").read_text())
     schemes = {"post_ln", "deepnorm", "pre_ln", "keel", "peri_ln", "lns"}
     assert {r["scheme"] for r in data["runs"]} == schemes
+    # the heatmap is Keel's run even where peri_ln and lns were planned after it
+    assert re.search(r"heatmap of keel-L4-[^:]*: \[grad-flow-L4-heatmap.png\]", text)
 
 
 def test_redundancy_end_to_end(depth_sweep_report, tmp_path, shared_runs, micro_overrides):
