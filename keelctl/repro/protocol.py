@@ -50,7 +50,13 @@ from keelctl.repro.plan import (
     recipe_hash,
     unique,
 )
-from keelctl.repro.report import Report, missing_note, rules_section, runs_sections, setup_section
+from keelctl.repro.report import Report
+from keelctl.repro.report_sections import (
+    missing_note,
+    rules_section,
+    runs_sections,
+    setup_section,
+)
 from keelctl.repro.scales import get_scale
 from keelctl.runs import CHECKPOINTS, CONFIG_YAML, GRADS_CSV, METRICS_CSV, SUMMARY_JSON, Run
 
