@@ -153,11 +153,21 @@ def _seed0(ctx, outcomes, scheme, depth, lr) -> float:
 
 
 def best_lr(ctx: Context, outcomes, scheme: str, depth: int) -> float | None:
-    """The chosen LR: the plan's rule (ranked) over the recorded seed-0 runs at `depth`."""
-    lrs = {o.spec.lr for o in select(outcomes, scheme=scheme, depth=depth)}
+    """The chosen LR: the plan's rule (ranked) over the seed-0 runs at `depth`; None until every
+    LR the plan tries there is recorded (a partial grid has no best LR yet)."""
+    g = grid(ctx)
+    tune = _seed0_losses(ctx, outcomes, scheme, g.tune_depth, g.lrs)
+    if tune is None or depth == g.tune_depth:
+        return None if tune is None else ranked(tune)[0]
+    tried = seed0_candidates(ctx, scheme, depth, ranked(tune))
+    deep = _seed0_losses(ctx, outcomes, scheme, depth, tried)
+    return None if deep is None else ranked(deep)[0]
+
+
+def _seed0_losses(ctx, outcomes, scheme, depth, lrs) -> dict[float, float] | None:
+    """Seed 0's final loss at each of `lrs`; None while any of them has no record."""
     losses = {lr: _seed0(ctx, outcomes, scheme, depth, lr) for lr in lrs}
-    losses = {lr: v for lr, v in losses.items() if not math.isnan(v)}
-    return ranked(losses)[0] if losses else None
+    return None if any(math.isnan(v) for v in losses.values()) else losses
 
 
 def at(scheme: str, lr: float | None) -> str:
@@ -195,7 +205,8 @@ def analyse(ctx: Context, outcomes: list[Outcome], report: Report, progress: Pro
             lr = best[(k, depth)]
             at_best = fmt_group(_loss(outcomes, k, depth, lr))
             at_shared = fmt_group(_loss(outcomes, k, depth, ctx.scale.lr))
-            rows.append((depth, k, "n/a" if lr is None else f"{lr:g}", at_best, at_shared))
+            chosen = "not yet (grid incomplete)" if lr is None else f"{lr:g}"
+            rows.append((depth, k, chosen, at_best, at_shared))
     report.add(
         f"{steps(ctx)} steps per run ({g.steps_factor}x depth-sweep's), final validation loss "
         "in nats/token (lower is better); depth in sub-layers. Best LR: chosen on seed 0 at "

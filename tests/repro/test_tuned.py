@@ -163,3 +163,27 @@ def test_report_from_no_records_says_no_data_and_lists_the_missing_runs(tmp_path
     report = (out / "report.md").read_text()
     assert "0 reproduced, 0 not at this scale, 0 opposite, 12 no data yet" in report
     assert "Partial report: 16 planned run(s) have no record yet" in report  # 10 grid + 6 equal
+
+
+def test_a_partial_grid_has_no_best_lr_yet_but_equal_lr_is_judged(tmp_path):
+    """Best vs best waits for each scheme's whole seed-0 grid; the equal-LR claim does not."""
+    out = tmp_path / "tuned"
+    ctx = make_context("tuned", "micro", 1, out, out / "runs")
+    shared, steps = ctx.scale.lr, plan_protocol(ctx)[0].steps
+    for spec in plan_protocol(ctx):  # keel and pre_ln at the tuning depth, the shared LR only
+        if spec.depth == 2 and spec.lr == shared and spec.scheme in ("keel", "pre_ln"):
+            record(ctx, spec, 1.5 if spec.scheme == "keel" else 2.0)
+    args = ["repro", "tuned", "--scale", "micro", "--out", str(out), "--report-only"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = {
+        line.split(" | ")[0].lstrip("| "): line
+        for line in (out / "report.md").read_text().splitlines()
+        if line.startswith("| 2 sub-layers")
+    }
+    lower = "Keel reaches a lower validation loss than"
+    best = f"2 sub-layers, {steps} steps, each at its best LR: {lower}"
+    equal = f"2 sub-layers, {steps} steps, equal LR {shared:g}: {lower}"
+    assert "**no data yet**" in rows[f"{best} pre_ln"]  # one LR of two: no best LR yet
+    assert "**reproduced (single seed)**" in rows[f"{equal} pre_ln"]
+    assert "| 2 | keel | not yet (grid incomplete) |" in (out / "report.md").read_text()
