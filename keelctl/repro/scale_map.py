@@ -82,21 +82,32 @@ def within(sc: Scale, cell: Cell) -> bool:
     return sc.map_max_cost is None or cost(cell) <= sc.map_max_cost
 
 
+def equal_lr_only(sc: Scale, cell: Cell) -> bool:
+    limit = sc.map_equal_lr_max_cost
+    return not within(sc, cell) and limit is not None and cost(cell) <= limit
+
+
 def map_cells(sc: Scale) -> list[Cell]:
     """The grid's cells within the scale's budget (all four claims), cheapest first."""
     return [c for c in grid(sc) if within(sc, c)]
 
 
+def equal_lr_cells(sc: Scale) -> list[Cell]:
+    """The grid's cells over map_max_cost but within map_equal_lr_max_cost: the equal-LR runs
+    only, no ramps, so every claim but higher-lr is judged there."""
+    return [c for c in grid(sc) if equal_lr_only(sc, c)]
+
+
 def beyond(sc: Scale) -> list[Cell]:
-    """The grid's cells over map_max_cost: not planned."""
-    return [c for c in grid(sc) if not within(sc, c)]
+    """The grid's cells with no run at all: over both budgets."""
+    return [c for c in grid(sc) if not within(sc, c) and not equal_lr_only(sc, c)]
 
 
 def trains_cells(sc: Scale) -> list[Cell]:
     """The extra cells of the "trains" claim (Keel and Post-LN only; "grad-level" is judged
     there too), cheapest first."""
     extra = [(d, s) for d in sc.map_trains_depths for s in sc.map_trains_steps]
-    return order(c for c in extra if c not in map_cells(sc))
+    return order(c for c in extra if c not in map_cells(sc) + equal_lr_cells(sc))
 
 
 def plan(ctx: Context) -> list[RunSpec]:
@@ -111,6 +122,9 @@ def plan(ctx: Context) -> list[RunSpec]:
     for depth, steps in trains_cells(ctx.scale):
         for seed in ctx.seeds:
             specs += [sweep_spec(ctx, k, depth, steps, seed, lr) for k in TRAINS_SCHEMES]
+    for depth, steps in equal_lr_cells(ctx.scale):  # the costliest last
+        for seed in ctx.seeds:
+            specs += [sweep_spec(ctx, k, depth, steps, seed, lr) for k in SWEEP_SCHEMES]
     return specs
 
 
@@ -268,8 +282,9 @@ def max_lrs(ramps: list[Outcome]) -> dict:
 def analyse(ctx: Context, outcomes: list[Outcome], report: Report, progress: Progress) -> None:
     sc = ctx.scale
     cells = map_cells(sc)
+    swept = cells + equal_lr_cells(sc)  # cells with the equal-LR runs (higher-lr: `cells` only)
     # the trains cells' Keel and Post-LN runs record gradients too: the 1024-deep check
-    post_ln_cells = cells + trains_cells(sc)
+    post_ln_cells = swept + trains_cells(sc)
     runs = [o for o in outcomes if not is_ramp(o.spec)]
     ramps = [o for o in outcomes if is_ramp(o.spec)]
     lrs = max_lrs(ramps)
@@ -278,7 +293,7 @@ def analyse(ctx: Context, outcomes: list[Outcome], report: Report, progress: Pro
 
     beats, higher, grads, trains = CLAIMS
     results = {
-        beats: _interval_cells(cells, beats, runs, final_loss, lambda c: TIE),
+        beats: _interval_cells(swept, beats, runs, final_loss, lambda c: TIE),
         higher: _interval_cells(  # tie: one LR step of the cell's ramp
             cells, higher, ramps, lambda o: lrs[o.spec.run_dir], lambda c: sc.max_lr_peak / c[1]
         ),
@@ -318,25 +333,34 @@ def analyse(ctx: Context, outcomes: list[Outcome], report: Report, progress: Pro
 
 def _setup_text(ctx: Context, level: float, source: str) -> str:
     sc = ctx.scale
-    over = ", ".join(f"{d} x {s}" for d, s in beyond(sc)) or "none"
-    extra = ", ".join(f"{d} x {s}" for d, s in trains_cells(sc)) or "none"
+
+    def named(cells: list[Cell]) -> str:
+        return ", ".join(f"{d} x {s}" for d, s in cells) or "none"
+
+    equal_lr = ""
+    if equal_lr_cells(sc):
+        equal_lr = (
+            f" Cells up to {sc.map_equal_lr_max_cost} sub-layer-steps get the runs at LR "
+            f"{sc.lr:g} only, no ramps, so no higher-lr verdict (hatched there): "
+            f"{named(equal_lr_cells(sc))}; `repro tuned` plans the same runs."
+        )
     return (
         f"Grid: depths {', '.join(map(str, sc.map_depths))} sub-layers x "
         f"{', '.join(map(str, sc.map_steps))} training steps; a cell is planned when depth x "
-        f"steps is at most {sc.map_max_cost} sub-layer-steps. **Beyond this scale's budget, not "
-        f"planned (hatched): {over}.** Per cell and seed: keel, pre_ln and post_ln at LR "
-        f"{sc.lr:g} (warm-up over 10% of the cell's steps, cosine to min_lr over them: each cell "
-        "is its own run, not a checkpoint of a longer one), and keel and pre_ln LR ramps from 0 "
-        f"to {sc.max_lr_peak:g} over the cell's steps. "
+        f"steps is at most {sc.map_max_cost} sub-layer-steps.{equal_lr} **Beyond this scale's "
+        f"budget, not planned (hatched): {named(beyond(sc))}.** Per cell and seed: keel, pre_ln "
+        f"and post_ln at LR {sc.lr:g} (warm-up over 10% of the cell's steps, cosine to min_lr "
+        "over them: each cell is its own run, not a checkpoint of a longer one), and keel and "
+        f"pre_ln LR ramps from 0 to {sc.max_lr_peak:g} over the cell's steps. "
         + (
             f"The {sc.steps}-step column is depth-sweep's and grad-flow's runs. "
             if sc.steps in sc.map_steps
             else ""
         )
         + "Extra cells of the 'trains' and 'grad-level' claims (keel and "
-        f"post_ln only): {extra}. A run trains when it did not diverge and its final validation "
-        f"loss is below {level:.4g} nats/token ({source}). Cell annotations: keel's mean vs the "
-        "baseline's, n = runs per side."
+        f"post_ln only): {named(trains_cells(sc))}. A run trains when it did not diverge and its "
+        f"final validation loss is below {level:.4g} nats/token ({source}). Cell annotations: "
+        "keel's mean vs the baseline's, n = runs per side."
     )
 
 

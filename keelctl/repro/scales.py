@@ -59,6 +59,7 @@ class Scale(BaseModel):
     map_depths: _Depths
     map_steps: tuple[PositiveInt, ...]
     map_max_cost: PositiveInt | None
+    map_equal_lr_max_cost: PositiveInt | None
     map_trains_depths: _Depths
     map_trains_steps: tuple[PositiveInt, ...]
     unigram_nll: float | None = Field(gt=0)

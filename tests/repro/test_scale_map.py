@@ -173,7 +173,7 @@ def test_smallest_cell_sentence():
 
 def test_cpu_and_gpu_plans():
     cpu = get_scale("cpu")
-    assert scale_map.beyond(cpu) == [(256, 1000)]
+    assert scale_map.beyond(cpu) == [] and scale_map.equal_lr_cells(cpu) == [(256, 1000)]
     assert len(scale_map.map_cells(cpu)) == 8
     assert scale_map.trains_cells(cpu) == [(1024, 100)]
     assert cpu.steps in cpu.map_steps and 0 < cpu.unigram_nll < 3.5
@@ -185,6 +185,37 @@ def test_cpu_and_gpu_plans():
         for s in specs
         if s.depth != 1024
     )
+
+
+def test_the_256_x_1000_cell_is_tuneds_equal_lr_runs_without_ramps(tmp_path):
+    ctx = make_context("scale-map", "cpu", 2, tmp_path / "map", tmp_path / "runs")
+    cell = [s for s in plan_protocol(ctx) if (s.depth, s.recipe.trainer.max_steps) == (256, 1000)]
+    assert {(s.scheme, s.seed, s.lr) for s in cell} == {
+        (k, seed, ctx.scale.lr) for k in scale_map.SWEEP_SCHEMES for seed in (0, 1)
+    }  # no ramps there
+    tuned = make_context("tuned", "cpu", 1, tmp_path / "tuned", tmp_path / "runs")
+    assert {s.run_dir for s in cell} <= {s.run_dir for s in plan_protocol(tuned)}
+
+
+def test_equal_lr_cells_are_judged_on_every_claim_but_higher_lr(tmp_path):
+    from keelctl.repro.plan import Progress
+    from keelctl.repro.report import Report
+
+    # micro with cpu's shape: (4, 6) over map_max_cost, within map_equal_lr_max_cost
+    scale = MICRO.model_copy(update=dict(map_equal_lr_max_cost=24))
+    ctx = Context("scale-map", scale, [0], tmp_path, tmp_path / "runs", [])
+    assert scale_map.equal_lr_cells(scale) == [(4, 6)] and scale_map.beyond(scale) == []
+    cell = [s for s in scale_map.plan(ctx) if (s.depth, s.recipe.trainer.max_steps) == (4, 6)]
+    assert sorted(s.scheme for s in cell) == sorted(scale_map.SWEEP_SCHEMES)
+    report = Report(tmp_path, "scale-map", "claim")
+    scale_map.analyse(ctx, [], report, Progress(1, None))
+    judged = {
+        v.claim.split(": ", 1)[1]
+        for v in report.verdicts
+        if v.claim.startswith("4 sub-layers, 6 steps")
+    }
+    assert judged == {c.text for c in scale_map.CLAIMS if c.key != "higher-lr"}
+    assert "no ramps, so no higher-lr verdict (hatched there): 4 x 6;" in " ".join(report.results)
 
 
 def _run_cli(out, runs, overrides, *extra) -> str:
@@ -238,6 +269,7 @@ def test_plan_cli_prints_the_estimate_and_writes_nothing(tmp_path):
     args = ["repro", "scale-map", "--scale", "cpu", "--seeds", "2", "--plan", "--jobs", "2"]
     result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
-    assert "CPU-minutes left for 84 of 84 runs" in result.output  # 8 cells x 5 x 2 + 2 x 2
+    # 8 cells x 5 runs x 2 seeds + the trains cell 2 x 2 + the equal-LR cell 3 x 2
+    assert "CPU-minutes left for 90 of 90 runs" in result.output
     assert "maxlr-keel-L256-steps250-s1" in result.output and "--jobs 2" in result.output
     assert not any(tmp_path.iterdir())
