@@ -4,9 +4,11 @@ Every cell (depth, steps) has its own runs, each trained from scratch with its s
 `steps` (not a checkpoint of a longer run): keel, pre_ln and post_ln at depth-sweep's LR (warm-up
 over steps // 10, cosine to min_lr), and keel and pre_ln LR ramps from 0 to max-lr's peak over
 `steps` (max-lr's recipe, early stop and detector, its windows scaled to the ramp). Cells whose
-depth x steps (sub-layer-steps) exceed the scale's map_max_cost are not planned: the figures hatch
-them. The column at depth-sweep's step count is depth-sweep's and grad-flow's runs (same recipes,
-same run dirs and records). Per cell and claim:
+depth x steps (sub-layer-steps) exceed the scale's map_max_cost get no ramps; up to
+map_equal_lr_max_cost they still get the runs at depth-sweep's LR (repro tuned's equal-LR runs),
+beyond it none. The figures hatch a cell that has no runs for the claim. The column at
+depth-sweep's step count is depth-sweep's and grad-flow's runs (same recipes, same run dirs and
+records). Per cell and claim:
 
   beats       final validation loss (summary.json), Keel lower than Pre-LN; single-seed tie
               0.01 nats/token. Interval rule (verdicts above).

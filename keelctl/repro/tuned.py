@@ -102,14 +102,15 @@ def seed0_candidates(ctx: Context, scheme: str, depth: int, tune_best: list[floa
     return sorted(set(tune_best[:2] + shared))
 
 
-def stages(ctx: Context) -> tuple[list[RunSpec], dict[str, list[int]]]:
+def stages(ctx: Context) -> tuple[list[RunSpec], dict[str, list[int]], dict]:
     """(the runs decided so far, per scheme the depths of the runs stages 2-3 still have to
-    choose an LR for)."""
+    choose an LR for, the best LR chosen so far per (scheme, depth): a scheme has none at a
+    depth until every LR it tries there on seed 0 is recorded)."""
     g, seed0 = grid(ctx), ctx.scale.seed
     specs = [spec(ctx, k, g.tune_depth, lr, seed0) for lr in g.lrs for k in SCHEMES]
     for seed in range(seed0, seed0 + g.deep_seeds):
         specs += [spec(ctx, k, g.deep_depth, ctx.scale.lr, seed) for k in EQUAL_LR_SCHEMES]
-    pending = {}
+    pending, chosen = {}, {}
     for k in SCHEMES:
         best: list[float] = []
         for depth, n_seeds in ((g.tune_depth, g.tune_seeds), (g.deep_depth, g.deep_seeds)):
@@ -122,9 +123,10 @@ def stages(ctx: Context) -> tuple[list[RunSpec], dict[str, list[int]]]:
                     pending[k] += [g.deep_depth] * (2 + g.deep_seeds - 1)
                 break
             best = ranked(losses)
+            chosen[(k, depth)] = best[0]
             more = range(seed0 + 1, seed0 + n_seeds)
             specs += [spec(ctx, k, depth, best[0], seed) for seed in more]
-    return specs, pending
+    return specs, pending, chosen
 
 
 def plan(ctx: Context) -> list[RunSpec]:
@@ -150,24 +152,6 @@ def _loss(outcomes, scheme, depth, lr, **seed) -> list[float]:
 def _seed0(ctx, outcomes, scheme, depth, lr) -> float:
     got = _loss(outcomes, scheme, depth, lr, seed=ctx.scale.seed)
     return got[0] if got else math.nan
-
-
-def best_lr(ctx: Context, outcomes, scheme: str, depth: int) -> float | None:
-    """The chosen LR: the plan's rule (ranked) over the seed-0 runs at `depth`; None until every
-    LR the plan tries there is recorded (a partial grid has no best LR yet)."""
-    g = grid(ctx)
-    tune = _seed0_losses(ctx, outcomes, scheme, g.tune_depth, g.lrs)
-    if tune is None or depth == g.tune_depth:
-        return None if tune is None else ranked(tune)[0]
-    tried = seed0_candidates(ctx, scheme, depth, ranked(tune))
-    deep = _seed0_losses(ctx, outcomes, scheme, depth, tried)
-    return None if deep is None else ranked(deep)[0]
-
-
-def _seed0_losses(ctx, outcomes, scheme, depth, lrs) -> dict[float, float] | None:
-    """Seed 0's final loss at each of `lrs`; None while any of them has no record."""
-    losses = {lr: _seed0(ctx, outcomes, scheme, depth, lr) for lr in lrs}
-    return None if any(math.isnan(v) for v in losses.values()) else losses
 
 
 def at(scheme: str, lr: float | None) -> str:
@@ -197,7 +181,8 @@ def analyse(ctx: Context, outcomes: list[Outcome], report: Report, progress: Pro
     g = grid(ctx)
     progress.report("tuned: reading summaries", progress.total)
     depths = (g.tune_depth, g.deep_depth)
-    best = {(k, d): best_lr(ctx, outcomes, k, d) for k in SCHEMES for d in depths}
+    chosen = stages(ctx)[2]  # the plan's choice, from the same records as `outcomes`
+    best = {(k, d): chosen.get((k, d)) for k in SCHEMES for d in depths}
     rows = []
     for depth in depths:
         report.verdicts.extend(claims(ctx, outcomes, best, depth))
