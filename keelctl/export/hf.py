@@ -31,7 +31,7 @@ CODE_FILES = ("configuration_keel.py", "modeling_keel.py")
 EXPORTED_OPTIONS = frozenset(
     "vocab_size d_model n_heads n_kv_heads n_blocks ffn ffn_hidden rope_theta tie_embeddings "
     "norm_eps max_seq_len init_std residual alpha keel_first_block keel_inner_norm final_norm "
-    "mix_ln_fraction qkv_norm".split()
+    "mix_ln_fraction qkv_norm embedding_norm".split()
 )
 
 
@@ -57,6 +57,8 @@ def expected_parameters(cfg: ModelConfig) -> set[str]:
     names = {"tok_emb.weight", "head.weight"}
     if uses_final_norm(cfg, rules):
         names.add("norm_f.weight")
+    if cfg.embedding_norm:
+        names.add("norm_emb.weight")
     ffn = ("w1", "w2", "w3") if cfg.ffn == "swiglu" else ("w1", "w2")
     for i, rule in enumerate(rules):
         qkv = [f"qkv_norm.{j}" for j in range(3)] if cfg.uses_qkv_norm else []
@@ -91,6 +93,7 @@ def hf_config(cfg: ModelConfig, context: int, eot_id: int) -> dict:
         "sublayer_rules": [dataclasses.asdict(r) for r in rules],
         "final_norm": uses_final_norm(cfg, rules),
         "qkv_norm": cfg.uses_qkv_norm,
+        "embedding_norm": cfg.embedding_norm,
         "initializer_range": cfg.init_std,
         "tie_word_embeddings": cfg.tie_embeddings,
         "bos_token_id": eot_id,

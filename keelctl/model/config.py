@@ -44,6 +44,11 @@ class ModelConfig(BaseModel):
         description="Keel's LN_in; False = naive residual scaling x' = LN(alpha*x + F(x))",
     )
     final_norm: Literal["auto"] | bool = "auto"
+    embedding_norm: bool = Field(
+        False,
+        description="RMSNorm (gain from 1) on the embedding output, x_0 = LN_E(E[t]): OLMo-core's "
+        "embedding_norm; with peri_ln it puts the token at the scale of each normalised update",
+    )
     mix_ln_fraction: float = Field(0.25, ge=0, le=1, description="mix_ln: share of Post-LN blocks")
     qkv_norm: Literal["auto"] | bool = Field(
         "auto", description="RMSNorm of q, k, v per head in attention; auto = on for hybridnorm"

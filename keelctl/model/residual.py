@@ -36,6 +36,9 @@ Pre-Norm first block) is not offered.
 Peri-LN (Kim et al. 2025, arXiv 2502.02732) is OLMo-core's PeriNormTransformerBlock and Gemma 2's
 sandwich: x + post_norm(F(pre_norm(x))); every gain starts at 1 (OLMo-core builds both norms from
 one LayerNormConfig; Gemma 2's (1 + w) starts at w = 0), and a final norm precedes the head.
+Each update has RMS about 1 from the start, so an embedding at init_std is swamped: OLMo-core
+offers a norm on the embedding output (ModelConfig.embedding_norm, off by default here as there),
+Gemma scales the embedding by sqrt(d_model).
 LayerNorm Scaling (Sun et al. 2025, arXiv 2502.05795; lmsdss/LayerNorm-Scaling, norm type LNS,
 and OLMo-core's LayerNormScaledTransformerBlock) multiplies the pre-norm's output, gain
 included, by 1/sqrt(layer_index + 1) with layer_index the 0-based block: both sub-layers of a

@@ -98,6 +98,7 @@ class Transformer(nn.Module):
         self.config = cfg
         rules = sublayer_rules(cfg)
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.norm_emb = RMSNorm(cfg.d_model, eps=cfg.norm_eps) if cfg.embedding_norm else None
         self.blocks = nn.ModuleList(
             Block(
                 Sublayer("attn", Attention(cfg), rules[2 * b], cfg),
@@ -135,8 +136,12 @@ class Transformer(nn.Module):
                         linear.weight.mul_(beta)
 
     def embed(self, idx: torch.Tensor) -> torch.Tensor:
-        """The residual stream entering sub-layer 0: fp32 or wider even from a bf16 table."""
-        return rounded(widened(self.tok_emb(idx)), SIMULATED[self.config.stream_dtype])
+        """The residual stream entering sub-layer 0: fp32 or wider even from a bf16 table;
+        normalised (LN_E) where the config's embedding_norm asks."""
+        x = widened(self.tok_emb(idx))
+        if self.norm_emb is not None:
+            x = self.norm_emb(x)
+        return rounded(x, SIMULATED[self.config.stream_dtype])
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Final norm (where the scheme has one) and the LM head on the residual stream."""

@@ -77,8 +77,10 @@ def shard_model(model: Transformer, mesh, precision: str) -> None:
             # gathered once per step: kilobytes, not worth a second gather for backward
             fully_shard(norms, mesh=mesh, mp_policy=FP32_POLICY, reshard_after_forward=False)
         fully_shard(block, mesh=mesh, mp_policy=policy)
-    if precision == "bf16-mixed" and model.norm_f is not None:
-        fully_shard(model.norm_f, mesh=mesh, mp_policy=FP32_POLICY, reshard_after_forward=False)
+    if precision == "bf16-mixed":
+        for norm in (model.norm_emb, model.norm_f):
+            if norm is not None:
+                fully_shard(norm, mesh=mesh, mp_policy=FP32_POLICY, reshard_after_forward=False)
     fully_shard(model, mesh=mesh, mp_policy=policy)
 
 

@@ -24,6 +24,7 @@ VARIANTS = {
     "pre_ln_no_final_norm": {"residual": "pre_ln", "final_norm": False},
     "keel_tied_gelu_mha": {"tie_embeddings": True, "ffn": "gelu", "n_kv_heads": None},
     "keel_qkv_norm": {"residual": "keel", "qkv_norm": True},
+    "peri_ln_embedding_norm": {"residual": "peri_ln", "embedding_norm": True},
     "keel_naive": {"residual": "keel", "keel_inner_norm": False},  # LN(alpha*x + F(x))
     "keel_naive_alpha_none": {"keel_inner_norm": False, "alpha": 2.0, "keel_first_block": "none"},
 }

@@ -111,6 +111,21 @@ def test_fsdp2_bf16_mixed_matches_fp32(trained, mesh):
     assert matches_fp32(got, want), agreement(got, want)
 
 
+def test_fsdp2_bf16_mixed_keeps_the_embedding_norm_fp32(mesh):
+    """LN_E's output is the residual stream itself, so its gain is an fp32 unit like LN_out's."""
+    from keelctl.train.parallel import shard_model
+
+    torch.manual_seed(0)
+    cfg = {**CFG, "residual": "peri_ln", "n_blocks": 2, "embedding_norm": True}
+    model = build_model(ModelConfig(**cfg))
+    used = set()
+    shard_model(model, mesh, "bf16-mixed")
+    model.norm_emb.register_forward_hook(lambda m, a, o: used.add((m.weight.dtype, o.dtype)))
+    with torch.no_grad():
+        model(torch.randint(0, 257, (1, 8)))
+    assert used == {(torch.float32, torch.float32)}
+
+
 def test_fsdp2_with_bf16_gains_fails_the_same_check(trained, mesh):
     """One bf16 unit per Block, norms included: keelctl's sharding before issue 25."""
     from torch.distributed.fsdp import fully_shard

@@ -9,6 +9,7 @@ independently of keelctl.model.residual:
         x' = h + mlp(post_attention_layernorm(h) / sqrt(layer_index + 1))
 
 layer_index is the 0-based block. Both end in a final norm before the head (Llama's model.norm).
+With embedding_norm (OLMo-core's embedding_norm) the stream starts as x_0 = embedding_norm(E[t]).
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ def rms_norm(v: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
     return v / torch.sqrt(v.pow(2).mean(-1, keepdim=True) + EPS) * gain
 
 
-def make(residual: str, n_blocks: int = 6, random_gains: bool = True):
+def make(residual: str, n_blocks: int = 6, random_gains: bool = True, **options):
     torch.manual_seed(0)
     cfg = ModelConfig(
-        residual=residual, d_model=16, n_heads=2, n_blocks=n_blocks, vocab_size=50, max_seq_len=32
+        residual=residual, d_model=16, n_heads=2, n_blocks=n_blocks, vocab_size=50, max_seq_len=32,
+        **options,
     )
     model = build_model(cfg).double()
     if random_gains:  # so a missing, swapped or misplaced norm shows
@@ -60,6 +62,8 @@ def lns_block(block, x, layer_index):
 def reference_logits(model, idx):
     """The whole model from the equations above: embedding, blocks, final norm, head."""
     x = model.tok_emb.weight[idx]
+    if model.config.embedding_norm:
+        x = rms_norm(x, model.norm_emb.weight)
     for b, block in enumerate(model.blocks):
         if model.config.residual == "peri_ln":
             x = peri_ln_block(block, x)
@@ -82,6 +86,15 @@ def test_logits_of_a_deep_model_match_the_equations_end_to_end(residual):
     model = make(residual, n_blocks=32)  # 64 sub-layers
     idx = torch.randint(0, 50, (2, 12))
     torch.testing.assert_close(model(idx), reference_logits(model, idx), rtol=1e-9, atol=1e-9)
+
+
+def test_embedding_norm_starts_the_stream_normalised_end_to_end():
+    model = make("peri_ln", n_blocks=32, embedding_norm=True)  # 64 sub-layers, random gains
+    idx = torch.randint(0, 50, (2, 12))
+    want = reference_logits(model, idx)
+    torch.testing.assert_close(model(idx), want, rtol=1e-9, atol=1e-9)
+    model.norm_emb = None  # the same weights without LN_E compute something else
+    assert (model(idx) - want).abs().max() > 1e-3
 
 
 def test_lns_scales_differ_by_block_and_are_shared_by_the_blocks_two_sub_layers():

@@ -27,6 +27,7 @@ class KeelConfig(PretrainedConfig):
         sublayer_rules: list | None = None,
         final_norm: bool = False,
         qkv_norm: bool = False,  # RMSNorm of q, k, v per head before RoPE (HybridNorm)
+        embedding_norm: bool = False,  # RMSNorm on the embedding output (x_0 = LN_E(E[t]))
         initializer_range: float = 0.02,
         tie_word_embeddings: bool = False,
         use_cache: bool = True,
@@ -48,6 +49,7 @@ class KeelConfig(PretrainedConfig):
         ] * (2 * num_hidden_layers)
         self.final_norm = final_norm
         self.qkv_norm = qkv_norm
+        self.embedding_norm = embedding_norm
         self.initializer_range = initializer_range
         self.use_cache = use_cache
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)

@@ -198,6 +198,8 @@ class KeelForCausalLM(KeelPreTrainedModel, GenerationMixin):
     def __init__(self, config: KeelConfig):
         super().__init__(config)
         self.tok_emb = nn.Embedding(config.vocab_size, config.hidden_size)
+        has_norm_emb = getattr(config, "embedding_norm", False)  # absent from older exports
+        self.norm_emb = RMSNorm(config.hidden_size, config.rms_norm_eps) if has_norm_emb else None
         self.blocks = nn.ModuleList(KeelBlock(config, b) for b in range(config.num_hidden_layers))
         self.norm_f = (
             RMSNorm(config.hidden_size, config.rms_norm_eps) if config.final_norm else None
@@ -241,6 +243,8 @@ class KeelForCausalLM(KeelPreTrainedModel, GenerationMixin):
                 position_ids = torch.arange(past, past + T, device=input_ids.device).expand(B, T)
         mask = _attention_mask(attention_mask, past, T, input_ids.device)
         x = widened(self.tok_emb(input_ids))
+        if self.norm_emb is not None:
+            x = self.norm_emb(x)
         for block in self.blocks:
             x = block(x, position_ids, mask, cache if use_cache else None)
         h = self.norm_f(x) if self.norm_f is not None else x
