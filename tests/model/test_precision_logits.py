@@ -32,13 +32,8 @@ def matches_fp32(got: torch.Tensor, want: torch.Tensor) -> bool:
 CFG = dict(residual="keel", vocab_size=257, d_model=16, n_heads=2, n_blocks=256, max_seq_len=32)
 
 
-@pytest.fixture(scope="module")
-def trained():
-    """(model, tokens, fp32 logits): 512 sub-layers after 3 AdamW steps at LR 2e-3."""
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(**CFG))
-    assert model.config.n_sublayers == 512
-    idx = torch.randint(0, 257, (2, 32))
+def train_three_steps(model, idx) -> None:
+    """3 AdamW steps at LR 2e-3: the norms' gains move off 1 by more than bf16's spacing."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
     for _ in range(3):
         logits = model(idx[:, :-1])
@@ -46,6 +41,16 @@ def trained():
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """(model, tokens, fp32 logits): 512 sub-layers after 3 AdamW steps at LR 2e-3."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(**CFG))
+    assert model.config.n_sublayers == 512
+    idx = torch.randint(0, 257, (2, 32))
+    train_three_steps(model, idx)
     with torch.no_grad():
         return model.eval(), idx, model(idx)
 
@@ -111,19 +116,26 @@ def test_fsdp2_bf16_mixed_matches_fp32(trained, mesh):
     assert matches_fp32(got, want), agreement(got, want)
 
 
-def test_fsdp2_bf16_mixed_keeps_the_embedding_norm_fp32(mesh):
-    """LN_E's output is the residual stream itself, so its gain is an fp32 unit like LN_out's."""
+def test_fsdp2_bf16_mixed_with_embedding_norm_matches_fp32(mesh):
+    """Peri-LN with LN_E, 512 sub-layers after 3 AdamW steps: the whole model's logits under
+    shard_model's bf16-mixed match fp32, and LN_E's gain (its output is the stream itself)
+    stays an fp32 unit like LN_out's."""
     from keelctl.train.parallel import shard_model
 
     torch.manual_seed(0)
-    cfg = {**CFG, "residual": "peri_ln", "n_blocks": 2, "embedding_norm": True}
-    model = build_model(ModelConfig(**cfg))
+    model = build_model(ModelConfig(**{**CFG, "residual": "peri_ln", "embedding_norm": True}))
+    idx = torch.randint(0, 257, (2, 32))
+    train_three_steps(model, idx)
+    model.eval()
+    with torch.no_grad():
+        want = model(idx)
     used = set()
     shard_model(model, mesh, "bf16-mixed")
     model.norm_emb.register_forward_hook(lambda m, a, o: used.add((m.weight.dtype, o.dtype)))
     with torch.no_grad():
-        model(torch.randint(0, 257, (1, 8)))
+        got = model(idx)
     assert used == {(torch.float32, torch.float32)}
+    assert matches_fp32(got, want), agreement(got, want)
 
 
 def test_fsdp2_with_bf16_gains_fails_the_same_check(trained, mesh):
