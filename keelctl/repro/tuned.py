@@ -16,6 +16,11 @@ rerun continues from the records after any interruption):
 
 Verdicts (the rule above, tie 0.01 nats/token): at each depth, Keel's final validation loss at
 its best LR against each baseline's at its own (best vs best), and at the shared LR (equal LR).
+
+Arms are schemes, plus `peri_ln_embnorm`: Peri-LN with a norm on the embedding output
+(model.embedding_norm, OLMo-core's --embedding-norm), added after its diagnostic
+(docs/results/peri-embedding-norm/) showed plain Peri-LN's token swamped by its first update; it
+goes through the same stages and rule. An arm's runs carry its name as their scheme tag.
 """
 
 from __future__ import annotations
@@ -26,13 +31,30 @@ from dataclasses import dataclass, replace
 from keelctl.errors import KeelError
 from keelctl.repro import records
 from keelctl.repro.figures import mean_curves_figure, panels
-from keelctl.repro.plan import Context, Outcome, Progress, Protocol, RunSpec, sweep_spec
+from keelctl.repro.plan import (
+    Context,
+    Outcome,
+    Progress,
+    Protocol,
+    RunSpec,
+    sweep_spec,
+    train_spec,
+)
 from keelctl.repro.readings import TIE, by, final_loss, select
 from keelctl.repro.report import Report, md_table
 from keelctl.repro.verdicts import claim, fmt_group
 from keelctl.runs import Run
 
-SCHEMES = ("keel", "pre_ln", "peri_ln", "lns", "post_ln")
+# arm -> (residual scheme, model keys it sets); an arm without keys is its scheme's sweep run
+ARMS = {
+    "keel": ("keel", {}),
+    "pre_ln": ("pre_ln", {}),
+    "peri_ln": ("peri_ln", {}),
+    "lns": ("lns", {}),
+    "post_ln": ("post_ln", {}),
+    "peri_ln_embnorm": ("peri_ln", {"embedding_norm": True}),
+}
+SCHEMES = tuple(ARMS)
 BASELINES = SCHEMES[1:]
 EQUAL_LR_SCHEMES = ("keel", "pre_ln", "post_ln")  # scale-map's sweep schemes
 
@@ -74,8 +96,13 @@ def steps(ctx: Context) -> int:
     return grid(ctx).steps_factor * ctx.scale.steps
 
 
-def spec(ctx: Context, scheme: str, depth: int, lr: float, seed: int) -> RunSpec:
-    return sweep_spec(ctx, scheme, depth, steps(ctx), seed, lr)
+def spec(ctx: Context, arm: str, depth: int, lr: float, seed: int) -> RunSpec:
+    scheme, keys = ARMS[arm]
+    if not keys:
+        return sweep_spec(ctx, scheme, depth, steps(ctx), seed, lr)
+    name = f"{arm}-L{depth}-lr{lr:g}-steps{steps(ctx)}-s{seed}"
+    run = train_spec(ctx, scheme, depth, seed, lr, steps(ctx), name, model=keys)
+    return replace(run, scheme=arm)
 
 
 def recorded_loss(ctx: Context, s: RunSpec) -> float | None:

@@ -15,7 +15,7 @@ from keelctl.repro.tuned import pending
 
 CPU = get_scale("cpu")
 
-SCHEMES = ("keel", "pre_ln", "peri_ln", "lns", "post_ln")
+SCHEMES = ("keel", "pre_ln", "peri_ln", "lns", "post_ln", "peri_ln_embnorm")  # the arms
 GRID = (1.5e-3, 3e-3, 6e-3, 1.2e-2)  # cpu's grid: four LRs a factor 2 apart
 
 
@@ -42,9 +42,23 @@ def test_first_plan_is_the_grid_at_64_and_the_equal_lr_cell_at_256(tmp_path):
     assert equal == {(k, seed) for k in ("keel", "pre_ln", "post_ln") for seed in (0, 1)}
     assert all(s.lr == CPU.lr and "steps1000" in s.name for s in find(specs, depth=256))
     assert {s.recipe.trainer.max_steps for s in specs} == {4 * CPU.steps}
-    assert len(specs) == 20 + 6
-    # per scheme: 2 more seeds at 64, two LRs and a second seed at 256, still to choose
-    assert len(pending(cpu_ctx(tmp_path))) == 5 * (2 + 3)
+    assert len(specs) == 24 + 6
+    # per arm: 2 more seeds at 64, two LRs and a second seed at 256, still to choose
+    assert len(pending(cpu_ctx(tmp_path))) == 6 * (2 + 3)
+
+
+def test_the_embedding_norm_arm_is_peri_ln_with_embedding_norm_only(tmp_path):
+    specs = plan_protocol(cpu_ctx(tmp_path))
+    arm = find(specs, scheme="peri_ln_embnorm", depth=64, lr=3e-3)[0]
+    peri = find(specs, scheme="peri_ln", depth=64, lr=3e-3)[0]
+    assert arm.recipe.model.residual == "peri_ln" and arm.recipe.model.embedding_norm
+    assert not peri.recipe.model.embedding_norm
+    differ = {
+        k for k, v in arm.recipe.model.model_dump().items() if v != getattr(peri.recipe.model, k)
+    }
+    assert differ == {"embedding_norm"}
+    assert arm.recipe.optim == peri.recipe.optim and arm.recipe.trainer == peri.recipe.trainer
+    assert arm.name.startswith("peri_ln_embnorm-L64-lr0.003-steps1000-s0-")
 
 
 def test_later_stages_follow_the_recorded_losses(tmp_path):
@@ -61,13 +75,13 @@ def test_later_stages_follow_the_recorded_losses(tmp_path):
     }
     deep = find(specs, scheme="lns", depth=256)
     assert {(s.lr, s.seed) for s in deep} == {(6e-3, 0), (3e-3, 0)}  # the two best of 64
-    assert len(pending(ctx)) == 4 * 5 + 1  # lns: only the second seed at 256 left to choose
+    assert len(pending(ctx)) == 5 * 5 + 1  # lns: only the second seed at 256 left to choose
     # at 256 the better of the two wins, whatever 64 said; its second seed follows
     record(ctx, find(deep, lr=6e-3)[0], 2.5)
     record(ctx, find(deep, lr=3e-3)[0], 2.4)
     deep = find(plan_protocol(ctx), scheme="lns", depth=256)
     assert {(s.lr, s.seed) for s in deep} == {(6e-3, 0), (3e-3, 0), (3e-3, 1)}
-    assert len(pending(ctx)) == 4 * 5
+    assert len(pending(ctx)) == 5 * 5
 
 
 def test_keel_at_256_also_weighs_the_equal_lr_run(tmp_path):
@@ -82,11 +96,11 @@ def test_plan_states_cpu_minutes_before_anything_runs(tmp_path):
     ctx = cpu_ctx(tmp_path)
     result = CliRunner().invoke(app, ["repro", "tuned", "--plan", "--out", str(ctx.out)])
     assert result.exit_code == 0, result.output
-    # 30 runs at 64 sub-layers (20 of the grid, 2 more seeds x 5), 21 at 256 (6 equal-LR, then
-    # 3 per scheme), 1000 steps each, at the scale's seconds per step per sub-layer
-    minutes = CPU.step_s_per_sublayer * 1000 * (30 * 64 + 21 * 256) / 60
+    # 36 runs at 64 sub-layers (24 of the grid, 2 more seeds x 6), 24 at 256 (6 equal-LR, then
+    # 3 per arm), 1000 steps each, at the scale's seconds per step per sub-layer
+    minutes = CPU.step_s_per_sublayer * 1000 * (36 * 64 + 24 * 256) / 60
     text = " ".join(result.output.split())
-    assert f"estimate: {minutes:.0f} CPU-minutes left for 51 of 51 runs" in text
+    assert f"estimate: {minutes:.0f} CPU-minutes left for 60 of 60 runs" in text
     assert not (ctx.out / "records").exists()
 
 
@@ -112,7 +126,14 @@ def test_lrs_belongs_to_tuned_only(tmp_path):
     assert result.exit_code == 2 and "--lrs is the LR grid of repro tuned" in result.output
 
 
-BEST = {"keel": 6e-3, "pre_ln": 3e-3, "peri_ln": 3e-3, "lns": 6e-3, "post_ln": 3e-3}
+BEST = {
+    "keel": 6e-3,
+    "pre_ln": 3e-3,
+    "peri_ln": 3e-3,
+    "lns": 6e-3,
+    "post_ln": 3e-3,
+    "peri_ln_embnorm": 6e-3,
+}
 
 
 def fake_train(spec, callbacks, on_step) -> None:
@@ -149,6 +170,7 @@ def test_one_command_runs_every_stage_and_reports_best_vs_best(monkeypatch, tmp_
         assert {s.seed for s in find(specs, scheme=scheme, depth=4, lr=lr)} == {0, 1}
     report = " ".join((out / "report.md").read_text().split())
     assert "at its best LR: Keel reaches a lower validation loss than lns" in report
+    assert "at its best LR: Keel reaches a lower validation loss than peri_ln_embnorm" in report
     # fake_train at 2 sub-layers, seeds 0-2: 2 - 0.05 - 0.002 + 0.01 (mean seed) for Keel
     assert "keel@0.006 1.958 ± 0.01 (n=3) vs pre_ln@0.003 2.008 ± 0.01 (n=3)" in report
     assert "equal LR 0.003: Keel reaches a lower validation loss than pre_ln" in report
@@ -161,8 +183,8 @@ def test_report_from_no_records_says_no_data_and_lists_the_missing_runs(tmp_path
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     report = (out / "report.md").read_text()
-    assert "0 reproduced, 0 not at this scale, 0 opposite, 12 no data yet" in report
-    assert "Partial report: 16 planned run(s) have no record yet" in report  # 10 grid + 6 equal
+    assert "0 reproduced, 0 not at this scale, 0 opposite, 14 no data yet" in report
+    assert "Partial report: 18 planned run(s) have no record yet" in report  # 12 grid + 6 equal
 
 
 def test_a_partial_grid_has_no_best_lr_yet_but_equal_lr_is_judged(tmp_path):
